@@ -1,0 +1,1 @@
+"""Engines behind quantserve. Nothing here imports ``server``."""

@@ -1,0 +1,1 @@
+"""llama.cpp backend for GGUF models, through llama-cpp-python."""

@@ -1,0 +1,164 @@
+"""GGUF models on llama.cpp (llama-cpp-python)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from backends.base import Backend, BackendOptions
+from backends.chat_template import ChatTemplate
+from backends.errors import BackendStartupError, BackendUnavailable, ContextLengthExceeded, InvalidRequest
+from backends.llama_cpp.engine_api import LlamaEngine
+from backends.llama_cpp.options import LlamaCppOptions
+from backends.types import (
+    BackendInfo,
+    Device,
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    ModelFormat,
+    ModelSpec,
+    Support,
+)
+
+log = logging.getLogger(__name__)
+
+# GGUF general.file_type -> the name users know (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
+_FILE_TYPES = {
+    "0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1",
+    "10": "Q2_K", "11": "Q3_K_S", "12": "Q3_K_M", "13": "Q3_K_L", "14": "Q4_K_S", "15": "Q4_K_M",
+    "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16",
+}  # fmt: skip
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+
+
+class LlamaCppBackend(Backend):
+    name: ClassVar[str] = "llama_cpp"
+    Options: ClassVar[type[BackendOptions]] = LlamaCppOptions
+
+    def __init__(self, spec: ModelSpec, options: BackendOptions) -> None:
+        super().__init__(spec, options)
+        assert isinstance(options, LlamaCppOptions)
+        self._opts = options
+        self._engine: LlamaEngine | None = None
+        self._template: ChatTemplate | None = None
+        self._device = "cpu"
+
+    @classmethod
+    def supports(cls, spec: ModelSpec, device: Device) -> Support:
+        if spec.format is not ModelFormat.GGUF:
+            return Support.no(f"serves GGUF files only, not {spec.format.value}")
+        if importlib.util.find_spec("llama_cpp") is None:
+            return Support.no("not installed (pip install llama-cpp-python==0.3.36)")
+        return Support.yes()
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        try:
+            self._engine = await asyncio.to_thread(self._open_engine)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendStartupError(f"model {self.spec.id!r}: llama.cpp could not load {self.spec.path.name}: {exc}") from exc
+        source = self._opts.chat_template or self._engine.metadata.get("tokenizer.chat_template")
+        if source:
+            self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+        else:
+            log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
+        self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
+        log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
+
+    def _open_engine(self) -> LlamaEngine:
+        from backends.llama_cpp.serial import SerialEngine
+
+        opts = self._opts
+        threads = opts.n_threads or os.cpu_count() or 1
+        return SerialEngine(
+            self.spec.path,
+            n_ctx=opts.n_ctx,
+            max_queue=opts.max_queue,
+            llama_kwargs={
+                "n_threads": threads,
+                "n_threads_batch": threads,
+                "n_batch": opts.n_batch,
+                "n_ubatch": opts.n_batch,
+                "n_gpu_layers": opts.n_gpu_layers,
+                "flash_attn": opts.flash_attn,
+                "type_k": _GGML_TYPES[opts.cache_type_k],
+                "type_v": _GGML_TYPES[opts.cache_type_v],
+            },
+        )
+
+    async def stop(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            raise BackendUnavailable(f"model {self.spec.id!r} is not loaded")
+
+    def _require_engine(self) -> LlamaEngine:
+        if self._engine is None:
+            raise BackendUnavailable(f"model {self.spec.id!r} is not loaded")
+        return self._engine
+
+    def info(self) -> BackendInfo:
+        engine = self._engine
+        file_type = engine.metadata.get("general.file_type", "") if engine else ""
+        return BackendInfo(
+            backend=self.name,
+            model_id=self.spec.id,
+            device=self._device,
+            format=self.spec.format.value,
+            quantization=_FILE_TYPES.get(file_type, "unknown"),
+            kv_cache_dtype=f"k:{self._opts.cache_type_k},v:{self._opts.cache_type_v}",
+            context_length=engine.n_ctx if engine else self._opts.n_ctx,
+        )
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats() if self._engine else EngineStats()
+
+    def tokenize_request(self, req: GenerationRequest) -> list[int]:
+        engine = self._require_engine()
+        if req.messages is not None:
+            if self._template is None:
+                raise InvalidRequest(
+                    f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
+                    param="messages",
+                )
+            # The rendered template already holds any BOS it wants; parse its special tokens.
+            return engine.tokenize(self._template.render(req.messages), add_special=False)
+        assert req.prompt is not None
+        return engine.tokenize(req.prompt, add_special=True)
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        engine = self._require_engine()
+        tokens = self.tokenize_request(req)
+        _check_context(tokens, req, engine.n_ctx)
+        async for chunk in engine.generate(req.request_id, tokens, req.sampling):
+            yield chunk
+
+
+def _check_context(tokens: list[int], req: GenerationRequest, n_ctx: int) -> None:
+    """Refuse before any work what cannot fit, counted with the model's own tokenizer."""
+    param = "messages" if req.messages is not None else "prompt"
+    if not tokens:
+        raise InvalidRequest("the prompt is empty", param=param)
+    wanted = req.sampling.max_tokens or 0
+    if len(tokens) + max(wanted, 1) > n_ctx:
+        if len(tokens) >= n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, your prompt has "
+                f"{len(tokens)} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{len(tokens) + wanted} tokens ({len(tokens)} in the {param}, {wanted} in the completion). "
+            f"Please reduce the length of the {param} or max_tokens.",
+            param="max_tokens",
+        )

@@ -1,0 +1,42 @@
+"""What the llama.cpp backend needs from an engine.
+
+The backend owns OpenAI-free concerns shared by every engine (chat template, context checks);
+the engine owns the llama.cpp context: tokenizing, decoding, sampling, cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+from backends.types import EngineStats, GenerationChunk, SamplingParams
+
+
+class LlamaEngine(Protocol):
+    @property
+    def n_ctx(self) -> int:
+        """Context window available to ONE request (never silently divided across slots)."""
+        ...
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """GGUF metadata (chat template, architecture, file type ...)."""
+        ...
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """Tokenize with special tokens parsed (chat templates contain them)."""
+        ...
+
+    def generate(
+        self, request_id: str, prompt_tokens: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream deltas for one request. The prompt is already known to fit ``n_ctx``.
+
+        The last chunk has ``finish_reason`` and ``usage``. Closing the iterator frees the
+        request's slot and KV cells. Queue-full raises ``Overloaded`` before the first yield.
+        """
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def close(self) -> None: ...

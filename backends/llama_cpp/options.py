@@ -1,0 +1,32 @@
+"""Typed options of the llama.cpp backend (a typo in a config fails at start-up)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from backends.base import BackendOptions
+
+KvType = Literal["f16", "q8_0", "q4_0"]
+
+
+class LlamaCppOptions(BackendOptions):
+    # Context window of ONE request. 0 = the model's trained context. Never divided across
+    # parallel slots: the engine allocates parallel x n_ctx.
+    n_ctx: int = Field(default=4096, ge=0)
+    n_threads: int | None = Field(default=None, ge=1)
+    n_batch: int = Field(default=512, ge=1)
+    n_gpu_layers: int = Field(default=0, ge=-1)  # -1: offload every layer (CUDA / Metal builds)
+    flash_attn: bool = False
+    cache_type_k: KvType = "f16"
+    cache_type_v: KvType = "f16"
+    max_queue: int = Field(default=64, ge=0)  # requests allowed to wait; past it: 429
+    chat_template: str | None = None  # overrides the GGUF's tokenizer.chat_template
+
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self) -> LlamaCppOptions:
+        # llama.cpp only implements a quantized V cache inside its flash-attention kernels.
+        if self.cache_type_v != "f16" and not self.flash_attn:
+            raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn: true (llama.cpp limitation)")
+        return self

@@ -1,0 +1,145 @@
+"""Engine-neutral request/response types shared by every backend.
+
+Only plain dataclasses live here: no FastAPI, no OpenAI schema, no engine import, so a
+backend can be written (and tested) without the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled", "error"]
+
+
+class ModelFormat(str, Enum):
+    """Weight formats the registry can route."""
+
+    GGUF = "gguf"
+    AWQ = "awq"
+    GPTQ = "gptq"
+    COMPRESSED_TENSORS = "compressed-tensors"
+    FP8 = "fp8"
+    SAFETENSORS = "safetensors"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What the client asked for, already validated by the HTTP layer.
+
+    ``max_tokens=None`` means "until end of sequence or the context is full".
+    ``temperature=0`` means greedy decoding.
+    """
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation. Exactly one of ``messages`` (chat) and ``prompt`` is set."""
+
+    request_id: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages and prompt must be set")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """A delta: new text since the previous chunk, never cumulative.
+
+    The last chunk of a stream carries ``finish_reason`` and ``usage``.
+    ``tokens`` is how many sampled tokens this chunk accounts for (metrics count them).
+    """
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model as the settings describe it; ``options`` is validated by the backend."""
+
+    id: str
+    path: Path
+    format: ModelFormat
+    backend: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """What this machine can run on: the registry's second input."""
+
+    kind: Literal["cpu", "cuda", "metal"]
+    name: str = "cpu"
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Support:
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Support:
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> Support:
+        return cls(False, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    backend: str
+    model_id: str
+    device: str
+    format: str
+    quantization: str
+    kv_cache_dtype: str
+    context_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Live load figures read from the engine (metrics export them as gauges)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float | None = None

@@ -1,0 +1,1 @@
+"""vLLM backend (AWQ, GPTQ, compressed-tensors, FP8, plain safetensors)."""

@@ -1,0 +1,1 @@
+"""quantserve's HTTP server: the only package that speaks OpenAI JSON."""

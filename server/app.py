@@ -1,0 +1,39 @@
+"""The application factory: everything app-scoped is built here and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server import routes_health, routes_openai
+from server.errors import install_error_handlers
+from server.middleware import RequestIdMiddleware
+from server.pool import ModelPool
+from server.settings import Settings
+
+
+def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
+    """Build the app. Given a ``pool`` whose models are already started (the CLI does that, so a
+    load failure is a clean start-up error), the app only stops it on shutdown; without one,
+    the lifespan builds and starts the pool itself (tests, ``uvicorn server.app:...``)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = pool is None
+        app.state.pool = pool if pool is not None else ModelPool.from_settings(settings)
+        if owned:
+            await app.state.pool.start_all()
+        try:
+            yield
+        finally:
+            await app.state.pool.stop_all()
+
+    app = FastAPI(title="quantserve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(routes_health.router)
+    app.include_router(routes_openai.router)
+    return app

@@ -1,0 +1,92 @@
+"""The ``quantserve`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from backends.errors import QuantserveError
+from server.app import create_app
+from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.pool import ModelPool
+from server.settings import ModelConfig, Settings, load_settings
+
+log = logging.getLogger("quantserve")
+
+app = typer.Typer(help="OpenAI-compatible server for quantized LLMs.", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Manage the local models cache.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(exc: QuantserveError, code: int) -> typer.Exit:
+    log.error("%s", exc.message)
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (see configs/).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Serve this one model file/directory, no config needed.")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help="Require this API key on /v1 (repeatable).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Start the server (with no model configured: the embedded SmolLM2-135M-Instruct Q4_1)."""
+    _setup_logging(log_level or "info")
+    explicit: dict[str, object] = {"host": host, "port": port, "log_level": log_level}
+    if api_key:
+        explicit["api_keys"] = tuple(api_key)
+    if model is not None:
+        explicit["models"] = (ModelConfig(id=model.expanduser().name.removesuffix(".gguf"), path=model),)
+    try:
+        settings = load_settings(config, **explicit)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        pool = ModelPool.from_settings(settings)
+    except QuantserveError as exc:
+        raise _fail(exc, 2) from None
+    try:
+        asyncio.run(_serve(settings, pool))
+    except QuantserveError as exc:
+        raise _fail(exc, 1) from None
+
+
+async def _serve(settings: Settings, pool: ModelPool) -> None:
+    # Models load before the socket opens, in the loop uvicorn then serves on, so a model
+    # that cannot load is a one-line start-up error, not a traceback from the lifespan.
+    await pool.start_all()
+    config = uvicorn.Config(
+        create_app(settings, pool),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    await uvicorn.Server(config).serve()
+
+
+@models_app.command("prepare")
+def prepare(
+    models_dir: Annotated[Path | None, typer.Option(help="Cache directory (default ~/.cache/quantserve/models).")] = None,
+) -> None:
+    """Fetch the embedded default model into the cache (a no-op when it is already there)."""
+    _setup_logging("info")
+    settings = load_settings(models_dir=models_dir)
+    try:
+        path = ensure_default_model(settings.models_dir)
+    except QuantserveError as exc:
+        raise _fail(exc, 1) from None
+    log.info("%s: %s", DEFAULT_MODEL_ID, path)
+
+
+def main() -> None:
+    app()

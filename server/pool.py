@@ -1,0 +1,100 @@
+"""The served models: built from settings, started together, looked up by the request's ``model``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from backends.base import Backend
+from backends.device import detect_device
+from backends.errors import BackendUnavailable, ConfigError, ModelNotFound
+from backends.formats import detect_format
+from backends.registry import create_backend
+from backends.types import Device, ModelSpec
+from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.settings import ModelConfig, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    model_id: str
+    ready: bool
+    reason: str = ""
+
+
+def model_specs(settings: Settings) -> list[ModelSpec]:
+    """Settings -> specs; with no model configured, the embedded default model (fetched once)."""
+    configs = list(settings.models)
+    if not configs:
+        path = ensure_default_model(settings.models_dir)
+        configs = [ModelConfig(id=DEFAULT_MODEL_ID, path=path)]
+    return [
+        ModelSpec(
+            id=c.id,
+            path=c.path,
+            format=c.format or detect_format(c.path),
+            backend=c.backend,
+            options=dict(c.options),
+        )
+        for c in configs
+    ]
+
+
+class ModelPool:
+    def __init__(self, backends: dict[str, Backend]) -> None:
+        self._backends = backends
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device: Device | None = None) -> ModelPool:
+        """Validate every model and its options now (a typo fails here), load nothing yet."""
+        device = device or detect_device()
+        specs = model_specs(settings)
+        seen: set[str] = set()
+        backends: dict[str, Backend] = {}
+        for spec in specs:
+            if spec.id in seen:
+                raise ConfigError(f"model id {spec.id!r} is configured twice")
+            seen.add(spec.id)
+            backends[spec.id] = create_backend(spec, device)
+        return cls(backends)
+
+    async def start_all(self) -> None:
+        try:
+            for backend in self._backends.values():
+                log.info("loading model %s with %s", backend.spec.id, backend.name)
+                await backend.start()
+        except BaseException:
+            await self.stop_all()
+            raise
+
+    async def stop_all(self) -> None:
+        for backend in self._backends.values():
+            try:
+                await backend.stop()
+            except Exception:
+                log.exception("stopping model %s failed", backend.spec.id)
+
+    def get(self, model_id: str) -> Backend:
+        try:
+            return self._backends[model_id]
+        except KeyError:
+            raise ModelNotFound(
+                f"The model '{model_id}' does not exist. Served models: {', '.join(self._backends)}.",
+                param="model",
+            ) from None
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._backends.values())
+
+    async def states(self) -> list[ModelState]:
+        out = []
+        for backend in self._backends.values():
+            try:
+                await backend.check_health()
+                out.append(ModelState(backend.spec.id, True))
+            except BackendUnavailable as exc:
+                out.append(ModelState(backend.spec.id, False, exc.message))
+        return out

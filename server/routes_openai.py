@@ -1,0 +1,86 @@
+"""The OpenAI routes: parse, pick the model, translate, generate, answer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
+
+from backends.base import Backend
+from backends.types import GenerationRequest
+from server.auth import require_api_key
+from server.deps import get_pool, get_settings
+from server.pool import ModelPool
+from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.responses import Shape
+from server.settings import Settings
+from server.streaming import Generation, fold, sse_events
+from server.translate import chat_request, completion_request
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+Pool = Annotated[ModelPool, Depends(get_pool)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+async def _respond(
+    backend: Backend, req: GenerationRequest, shape: Shape, *, stream: bool, include_usage: bool, settings: Settings
+) -> Response:
+    gen = await Generation.start(backend.generate(req))
+    if not stream:
+        return JSONResponse(await fold(gen, shape))
+    return EventSourceResponse(
+        sse_events(gen, shape, include_usage=include_usage),
+        ping=int(max(1, settings.sse_ping_seconds)),
+        sep="\n",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, pool: Pool, settings: AppSettings) -> Response:
+    backend = pool.get(body.model)
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    req = chat_request(body, rid)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    shape = Shape(id=rid, model=body.model, chat=True)
+    return await _respond(backend, req, shape, stream=body.stream, include_usage=include_usage, settings=settings)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, pool: Pool, settings: AppSettings) -> Response:
+    backend = pool.get(body.model)
+    rid = f"cmpl-{uuid.uuid4().hex}"
+    req = completion_request(body, rid)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    shape = Shape(id=rid, model=body.model, chat=False)
+    return await _respond(backend, req, shape, stream=body.stream, include_usage=include_usage, settings=settings)
+
+
+def _model_card(backend: Backend, created: int) -> dict[str, Any]:
+    info = backend.info()
+    return {
+        "id": info.model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "quantserve",
+        "context_length": info.context_length,
+        "backend": info.backend,
+        "format": info.format,
+        "quantization": info.quantization,
+    }
+
+
+@router.get("/models")
+async def list_models(pool: Pool) -> dict[str, Any]:
+    created = int(time.time())
+    return {"object": "list", "data": [_model_card(b, created) for b in pool]}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, pool: Pool) -> dict[str, Any]:
+    return _model_card(pool.get(model_id), int(time.time()))

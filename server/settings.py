@@ -1,0 +1,83 @@
+"""Settings: explicit arguments > environment (QUANTSERVE_*, nested with __) > YAML > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from backends.errors import ConfigError
+from backends.types import ModelFormat
+
+DEFAULT_MODELS_DIR = Path("~/.cache/quantserve/models").expanduser()
+
+
+class ModelConfig(BaseModel):
+    """One served model. ``options`` are checked by the chosen backend's own typed model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")
+    path: Path
+    format: ModelFormat | None = None  # None: detected from the path
+    backend: Literal["auto", "llama_cpp", "vllm"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QUANTSERVE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: tuple[str, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    models_dir: Path = DEFAULT_MODELS_DIR
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+
+
+def load_settings(config_file: Path | None = None, **explicit: Any) -> Settings:
+    """Build settings from the layers; a typo anywhere fails here, naming the field."""
+    yaml_file = config_file
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if yaml_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+            return tuple(sources)
+
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {str(config_file)!r} does not exist")
+    try:
+        loaded = _Layered(**{k: v for k, v in explicit.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source=config_file)) from None
+    return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+
+
+def describe_validation_error(exc: ValidationError, *, source: Path | None = None) -> str:
+    where = f" in {source}" if source else ""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        problems.append(f"{loc}: {err['msg']}")
+    return f"invalid settings{where}: " + "; ".join(problems)
