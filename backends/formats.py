@@ -53,4 +53,4 @@ def quantization_of(path: Path, fmt: ModelFormat) -> str:
         return parts[-1] if len(parts) > 1 else "gguf"
     if fmt is ModelFormat.SAFETENSORS:
         return "none"
-    return fmt.value
+    return str(fmt.value)

@@ -52,7 +52,8 @@ def select_backend(spec: ModelSpec, device: Device) -> Selection:
         reasons.append(f"{name}: {support.reason}")
     detail = "; ".join(reasons)
     raise ConfigError(
-        f"no backend can serve model {spec.id!r} ({spec.format.value} at {spec.path.name}) on this {device.kind}: {detail}"
+        f"no backend can serve model {spec.id!r} ({spec.format.value} at {spec.path.name}) "
+        f"on this {device.kind}: {detail}"
     )
 
 
@@ -62,8 +63,6 @@ def create_backend(spec: ModelSpec, device: Device) -> Backend:
     try:
         options = cls.parse_options(spec.options)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"model {spec.id!r} ({cls.name}): {problems}") from None
     return cls(spec, options)

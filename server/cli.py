@@ -76,7 +76,9 @@ async def _serve(settings: Settings, pool: ModelPool) -> None:
 
 @models_app.command("prepare")
 def prepare(
-    models_dir: Annotated[Path | None, typer.Option(help="Cache directory (default ~/.cache/quantserve/models).")] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Cache directory (default ~/.cache/quantserve/models).")
+    ] = None,
 ) -> None:
     """Fetch the embedded default model into the cache (a no-op when it is already there)."""
     _setup_logging("info")

@@ -23,6 +23,16 @@ class LlamaEngine(Protocol):
         """GGUF metadata (chat template, architecture, file type ...)."""
         ...
 
+    @property
+    def bos_text(self) -> str:
+        """Text of the BOS token (chat templates render it themselves)."""
+        ...
+
+    @property
+    def eos_text(self) -> str:
+        """Text of the EOS token."""
+        ...
+
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         """Tokenize with special tokens parsed (chat templates contain them)."""
         ...

@@ -1,0 +1,121 @@
+"""Every bad input gets an OpenAI error object with the right status, and the server keeps serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.helpers import CAPITAL, MODEL, assert_openai_error, chat_body
+
+CHAT = "/v1/chat/completions"
+
+
+async def still_serves(client: httpx.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=chat_body(max_tokens=8))
+    assert resp.status_code == 200
+    assert "Paris" in resp.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"model": MODEL}, "messages", "Missing required parameter: 'messages'"),
+        ({"messages": CAPITAL}, "model", "Missing required parameter: 'model'"),
+        ({"model": MODEL, "messages": []}, "messages", "at least 1 item"),
+        ({"model": MODEL, "messages": "hi"}, "messages", "valid list"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", "'system'"),
+        ({"model": MODEL, "messages": [{"content": "x"}]}, "messages.0.role", "Missing required"),
+        (chat_body(max_tokens=-1), "max_tokens", "greater than or equal to 1"),
+        (chat_body(max_tokens="ten"), "max_tokens", "valid integer"),
+        (chat_body(max_tokens=10**9), "max_tokens", "less than or equal to"),
+        (chat_body(temperature=5), "temperature", "less than or equal to 2"),
+        (chat_body(top_p=0), "top_p", "greater than 0"),
+        (chat_body(stop=["a"] * 17), "stop", "at most 16"),
+        (chat_body(stream_options={"include_usage": True}), None, "only allowed when stream is true"),
+        (chat_body(frobnicate=True), "frobnicate", "Unrecognized request argument supplied: frobnicate"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            None,
+            "messages.0.content",
+        ),
+    ],
+)
+async def test_invalid_fields_are_400_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], param: str | None, needle: str
+) -> None:
+    resp = await client.post(CHAT, json=body)
+    message = assert_openai_error(resp, 400, "invalid_value", param)
+    assert needle in message
+    await still_serves(client)
+
+
+async def test_malformed_json(client: httpx.AsyncClient) -> None:
+    resp = await client.post(
+        CHAT, content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+    )
+    assert_openai_error(resp, 400, "invalid_json")
+    await still_serves(client)
+
+
+async def test_non_object_json(client: httpx.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=[1, 2, 3])
+    assert_openai_error(resp, 400, "invalid_value")
+
+
+async def test_unknown_model_is_404_never_a_silent_default(client: httpx.AsyncClient) -> None:
+    resp = await client.post(CHAT, json={**chat_body(), "model": "gpt-4o"})
+    message = assert_openai_error(resp, 404, "model_not_found", "model")
+    assert "gpt-4o" in message and MODEL in message
+    assert_openai_error(await client.get("/v1/models/gpt-4o"), 404, "model_not_found")
+    await still_serves(client)
+
+
+async def test_prompt_longer_than_the_context_is_refused_before_generation(client: httpx.AsyncClient) -> None:
+    long = [{"role": "user", "content": "Paris is lovely. " * 400}]  # ~2000 tokens > n_ctx 1024
+    resp = await client.post(CHAT, json=chat_body(messages=long, stream=True))
+    message = assert_openai_error(resp, 400, "context_length_exceeded", "messages")
+    assert "maximum context length is 1024 tokens" in message
+    await still_serves(client)
+
+
+async def test_prompt_plus_max_tokens_over_the_context(client: httpx.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=chat_body(max_tokens=1020))
+    message = assert_openai_error(resp, 400, "context_length_exceeded", "max_tokens")
+    assert "1020 in the completion" in message
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"n": 2}, "n"),
+        ({"logit_bias": {"100": 10}}, "logit_bias"),
+    ],
+)
+async def test_unimplemented_fields_are_refused_not_ignored(
+    client: httpx.AsyncClient, fields: dict[str, Any], param: str
+) -> None:
+    resp = await client.post(CHAT, json=chat_body(**fields))
+    assert param in assert_openai_error(resp, 400, "unsupported_parameter", param)
+    await still_serves(client)
+
+
+async def test_completions_bad_input(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True})
+    assert_openai_error(resp, 400, "unsupported_parameter", "echo")
+    resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": ""})
+    assert_openai_error(resp, 400, "invalid_value", "prompt")
+    resp = await client.post("/v1/completions", json={"model": MODEL})
+    assert_openai_error(resp, 400, "invalid_value", "prompt")
+    await still_serves(client)
+
+
+async def test_unknown_route_and_wrong_method_are_openai_shaped(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
+    assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")

@@ -1,0 +1,143 @@
+import pytest
+from pydantic import ValidationError
+
+from backends.errors import UnsupportedParameter
+from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.translate import chat_request, completion_request
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, **fields})
+
+
+def test_sampling_fields_are_carried_over() -> None:
+    req = chat_request(
+        chat(
+            max_completion_tokens=7,
+            temperature=0,
+            top_p=0.5,
+            top_k=20,
+            min_p=0.1,
+            stop="END",
+            seed=2**40 + 3,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            repetition_penalty=1.1,
+        ),
+        "r1",
+    )
+    s = req.sampling
+    assert (s.max_tokens, s.temperature, s.top_p, s.top_k, s.min_p) == (7, 0, 0.5, 20, 0.1)
+    assert s.stop == ("END",)
+    assert s.seed == (2**40 + 3) % 2**32
+    assert (s.presence_penalty, s.frequency_penalty, s.repeat_penalty) == (0.5, -0.5, 1.1)
+
+
+def test_openai_defaults_when_fields_are_absent() -> None:
+    s = chat_request(chat(), "r").sampling
+    assert (s.max_tokens, s.temperature, s.top_p, s.top_k, s.min_p, s.stop, s.seed) == (
+        None,
+        1.0,
+        1.0,
+        0,
+        0.0,
+        (),
+        None,
+    )
+
+
+def test_negative_top_k_means_disabled() -> None:
+    assert chat_request(chat(top_k=-1), "r").sampling.top_k == 0
+
+
+def test_developer_role_becomes_system_and_text_parts_are_joined() -> None:
+    req = chat_request(
+        ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "developer", "content": "be brief"},
+                    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                ],
+            }
+        ),
+        "r",
+    )
+    assert req.messages is not None
+    assert [(m.role, m.content) for m in req.messages] == [("system", "be brief"), ("user", "ab")]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "auto"),
+        ("response_format", {"type": "json_object"}),
+        ("logprobs", True),
+        ("top_logprobs", 2),
+        ("n", 2),
+        ("logit_bias", {"1": 5}),
+        ("audio", {"voice": "x"}),
+    ],
+)
+def test_unimplemented_chat_fields_are_refused_by_name(field: str, value: object) -> None:
+    with pytest.raises(UnsupportedParameter) as err:
+        chat_request(chat(**{field: value}), "r")
+    assert err.value.param == field
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tool_choice", "none"), ("response_format", {"type": "text"}), ("n", 1), ("logprobs", False), ("user", "u")],
+)
+def test_fields_asking_for_default_behaviour_are_accepted(field: str, value: object) -> None:
+    chat_request(chat(**{field: value}), "r")
+
+
+def test_tool_role_messages_are_refused() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [*MSG, {"role": "tool", "content": "42", "tool_call_id": "c1"}]}
+    )
+    with pytest.raises(UnsupportedParameter) as err:
+        chat_request(req, "r")
+    assert err.value.param == "messages.1"
+
+
+def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> None:
+    req = completion_request(CompletionRequest.model_validate({"model": "m", "prompt": ["Once"]}), "r")
+    assert req.prompt == "Once"
+    assert req.sampling.max_tokens == 16
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("prompt", ["a", "b"]), ("prompt", [1, 2, 3]), ("echo", True), ("suffix", "x"), ("logprobs", 1), ("best_of", 2)],
+)
+def test_unimplemented_completion_fields_are_refused_by_name(field: str, value: object) -> None:
+    body = {"model": "m", "prompt": "x", field: value}
+    with pytest.raises(UnsupportedParameter) as err:
+        completion_request(CompletionRequest.model_validate(body), "r")
+    assert err.value.param == field
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": []},
+        {"model": "m", "messages": [{"role": "wizard", "content": "x"}]},
+        {"model": "m", "messages": MSG, "max_tokens": 0},
+        {"model": "m", "messages": MSG, "max_tokens": -5},
+        {"model": "m", "messages": MSG, "max_tokens": 10**12},
+        {"model": "m", "messages": MSG, "temperature": 3},
+        {"model": "m", "messages": MSG, "stream_options": {"include_usage": True}},
+        {"model": "m", "messages": MSG, "stop": [""]},
+        {"model": "m", "messages": MSG, "max_tokens": 5, "max_completion_tokens": 6},
+        {"model": "m", "messages": MSG, "surprise": 1},
+        {"messages": MSG},
+    ],
+)
+def test_invalid_requests_fail_validation(body: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(body)
