@@ -1,0 +1,87 @@
+"""Shared bench helpers: start a quantserve process, time a streamed completion."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class QuantserveProcess:
+    """``quantserve serve --config FILE`` on a free port, until ``close``."""
+
+    def __init__(self, config_text: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "bench-config.yaml"
+        config.write_text(config_text)
+        self._log = (workdir / "bench-server.log").open("wb")
+        cmd = [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--config", str(config)]
+        cmd += ["--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"quantserve exited early, see {workdir / 'bench-server.log'}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("quantserve did not become ready")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self._log.close()
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    ttft: float  # request sent -> first content
+    decode_seconds: float  # first content -> last content
+    tokens: int  # completion tokens (from usage)
+
+    @property
+    def decode_tps(self) -> float:
+        # The first token belongs to prefill; decode speed counts the ones after it.
+        return (self.tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+def stream_completion(client: httpx.Client, url: str, body: dict[str, Any]) -> StreamTiming:
+    start = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", f"{url}/v1/completions", json=payload, timeout=600) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk["choices"] and chunk["choices"][0]["text"]:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+    return StreamTiming(first - start, last - first, tokens)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (if needed) and serve the embedded default model on http://127.0.0.1:8000/v1.
+# Extra arguments go to `quantserve serve` (e.g. --port 8080 --api-key KEY --config FILE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/quantserve serve "$@"
