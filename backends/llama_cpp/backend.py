@@ -62,7 +62,9 @@ class LlamaCppBackend(Backend):
         try:
             self._engine = await asyncio.to_thread(self._open_engine)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise BackendStartupError(f"model {self.spec.id!r}: llama.cpp could not load {self.spec.path.name}: {exc}") from exc
+            raise BackendStartupError(
+                f"model {self.spec.id!r}: llama.cpp could not load {self.spec.path.name}: {exc}"
+            ) from exc
         source = self._opts.chat_template or self._engine.metadata.get("tokenizer.chat_template")
         if source:
             self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
