@@ -83,12 +83,15 @@ class GenerationChunk:
 
     The last chunk of a stream carries ``finish_reason`` and ``usage``.
     ``tokens`` is how many sampled tokens this chunk accounts for (metrics count them).
+    ``queue_s``, on the first chunk, is how long the request waited before the engine took it
+    (None when the engine cannot tell).
     """
 
     text: str = ""
     tokens: int = 0
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    queue_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

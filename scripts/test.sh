@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 .venv/bin/quantserve models prepare
+# tests/e2e/test_prometheus.py runs a real Prometheus (Debian package `prometheus`) and fails
+# without it. If it cannot be installed here, say so and let that test fail with its reason.
+if ! command -v prometheus >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends prometheus \
+    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends prometheus; } \
+    || echo "scripts/test.sh: could not install prometheus; tests/e2e/test_prometheus.py will fail" >&2
+fi
 .venv/bin/ruff check server backends tests bench
 .venv/bin/ruff format --check server backends tests bench
 .venv/bin/mypy

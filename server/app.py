@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import routes_health, routes_openai
+from backends.base import Backend
+from server import routes_health, routes_metrics, routes_openai
 from server.errors import install_error_handlers
+from server.metrics import Metrics
 from server.middleware import RequestIdMiddleware
 from server.pool import ModelPool
 from server.settings import Settings
@@ -32,8 +34,15 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
 
     app = FastAPI(title="quantserve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+
+    def served() -> Iterable[Backend]:
+        # Read at scrape time: the pool exists once the lifespan has started.
+        return getattr(app.state, "pool", None) or ()
+
+    app.state.metrics = Metrics(served)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_metrics.router)
     return app

@@ -14,6 +14,8 @@ from backends.base import Backend
 from backends.types import GenerationRequest
 from server.auth import require_api_key
 from server.deps import get_pool, get_settings
+from server.metrics import Metrics, get_metrics
+from server.observe import observe
 from server.pool import ModelPool
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import Shape
@@ -25,12 +27,21 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 Pool = Annotated[ModelPool, Depends(get_pool)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def _respond(
-    backend: Backend, req: GenerationRequest, shape: Shape, *, stream: bool, include_usage: bool, settings: Settings
+    backend: Backend,
+    req: GenerationRequest,
+    shape: Shape,
+    *,
+    stream: bool,
+    include_usage: bool,
+    settings: Settings,
+    metrics: Metrics,
+    endpoint: str,
 ) -> Response:
-    gen = await Generation.start(backend.generate(req))
+    gen = await Generation.start(observe(metrics, backend, endpoint, backend.generate(req)))
     if not stream:
         return JSONResponse(await fold(gen, shape))
     return EventSourceResponse(
@@ -41,24 +52,35 @@ async def _respond(
     )
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, pool: Pool, settings: AppSettings) -> Response:
+async def _generate(
+    body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
+) -> Response:
     backend = pool.get(body.model)
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
-    req = chat_request(body, rid)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    shape = Shape(id=rid, model=body.model, chat=True)
-    return await _respond(backend, req, shape, stream=body.stream, include_usage=include_usage, settings=settings)
+    chat = isinstance(body, ChatCompletionRequest)
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    req = chat_request(body, rid) if isinstance(body, ChatCompletionRequest) else completion_request(body, rid)
+    return await _respond(
+        backend,
+        req,
+        Shape(id=rid, model=body.model, chat=chat),
+        stream=body.stream,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        settings=settings,
+        metrics=metrics,
+        endpoint="chat_completions" if chat else "completions",
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics
+) -> Response:
+    return await _generate(body, pool, settings, metrics)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, pool: Pool, settings: AppSettings) -> Response:
-    backend = pool.get(body.model)
-    rid = f"cmpl-{uuid.uuid4().hex}"
-    req = completion_request(body, rid)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    shape = Shape(id=rid, model=body.model, chat=False)
-    return await _respond(backend, req, shape, stream=body.stream, include_usage=include_usage, settings=settings)
+async def completions(body: CompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics) -> Response:
+    return await _generate(body, pool, settings, metrics)
 
 
 def _model_card(backend: Backend, created: int) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    # GET /metrics without an API key (Prometheus scrapers rarely carry one); false: same keys as /v1.
+    metrics_public: bool = True
 
 
 def load_settings(config_file: Path | None = None, **explicit: Any) -> Settings:

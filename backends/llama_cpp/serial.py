@@ -8,9 +8,11 @@ loop. Sampling stays in llama.cpp's native sampler chain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,10 +72,12 @@ class SerialEngine:
         if self._waiting >= self._max_queue:
             raise Overloaded(f"{self._waiting} requests are already waiting for this model", retry_after=1.0)
         self._waiting += 1
+        queued_at = time.perf_counter()
         try:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
+        queue_s: float | None = time.perf_counter() - queued_at
         self._running += 1
         cancel = threading.Event()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -87,13 +91,21 @@ class SerialEngine:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, GenerationChunk)
+                if queue_s is not None:
+                    item, queue_s = dataclasses.replace(item, queue_s=queue_s), None
                 yield item
         finally:
             # Client gone or stream finished: stop the worker at its next token. The lock is
             # released only when the thread has let go of the context, even if this task is
             # being cancelled right now, so two requests never share it.
             cancel.set()
-            worker.add_done_callback(self._release)
+            try:
+                await asyncio.shield(worker)
+            finally:
+                if worker.done():
+                    self._release(worker)
+                else:  # this task was cancelled while waiting: release when the thread ends
+                    worker.add_done_callback(self._release)
 
     def _release(self, _: object) -> None:
         self._running -= 1
