@@ -60,6 +60,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     messages: tuple[Message, ...] | None = None
     prompt: str | None = None
+    # An operator's cap below the context window (None: the context is the only limit).
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from backends.base import Backend
 from server import routes_health, routes_metrics, routes_openai
+from server.auth import ApiKeyMiddleware
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import RequestIdMiddleware
+from server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from server.pool import ModelPool
 from server.settings import Settings
 
@@ -41,7 +43,18 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
 
     app.state.metrics = Metrics(served)
     install_error_handlers(app)
+    # Added innermost first: CORS -> request id -> API key -> body limit -> routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=settings.open_paths)
     app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_metrics.router)

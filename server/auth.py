@@ -1,19 +1,21 @@
-"""Optional API keys on the /v1 routes, compared in constant time."""
+"""API keys on every route but the open ones, compared in constant time.
+
+A pure ASGI middleware rather than a route dependency, so nothing is forgotten: /v1, /metrics,
+/docs, even unknown paths need a key when keys are set.
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
 
-from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import AuthenticationError
+from server.errors import AuthenticationError, classify
 
 
-def require_api_key(request: Request) -> None:
-    keys: tuple[str, ...] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def check_key(authorization: str, keys: tuple[str, ...]) -> None:
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
     presented = token.strip().encode()
@@ -23,3 +25,28 @@ def require_api_key(request: Request) -> None:
         matched |= hmac.compare_digest(presented, key.encode())
     if not matched:
         raise AuthenticationError("Incorrect API key provided.")
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, *, keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.keys = keys
+        self.open_paths = frozenset(p.rstrip("/") or "/" for p in open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "").rstrip("/") or "/"
+        if scope["type"] != "http" or not self.keys or path in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        try:
+            check_key(header, self.keys)
+        except AuthenticationError as exc:
+            status, body, headers = classify(exc)
+            raw = json.dumps(body).encode()
+            response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+            response_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": raw})
+            return
+        await self.app(scope, receive, send)

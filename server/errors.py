@@ -34,6 +34,10 @@ class PayloadTooLarge(QuantserveError):
     """The request body is larger than the server accepts."""
 
 
+class RequestTimeout(QuantserveError):
+    """The request ran past its time limit (queueing included)."""
+
+
 # class -> (status, error.type, error.code); looked up along the MRO so subclasses inherit.
 ERROR_TABLE: dict[type[QuantserveError], tuple[int, str, str | None]] = {
     ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
@@ -44,6 +48,7 @@ ERROR_TABLE: dict[type[QuantserveError], tuple[int, str, str | None]] = {
     PayloadTooLarge: (413, "invalid_request_error", "request_too_large"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
     BackendUnavailable: (503, "server_error", "backend_unavailable"),
+    RequestTimeout: (504, "server_error", "timeout"),
     BackendStartupError: (503, "server_error", "backend_unavailable"),
     ConfigError: (500, "server_error", None),
 }

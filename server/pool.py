@@ -19,47 +19,56 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """Server-side limits of one model (from its ModelConfig)."""
+
+    max_prompt_tokens: int | None = None
+    max_tokens: int | None = None
+    request_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelState:
     model_id: str
     ready: bool
     reason: str = ""
 
 
-def model_specs(settings: Settings) -> list[ModelSpec]:
-    """Settings -> specs; with no model configured, the embedded default model (fetched once)."""
-    configs = list(settings.models)
-    if not configs:
-        path = ensure_default_model(settings.models_dir)
-        configs = [ModelConfig(id=DEFAULT_MODEL_ID, path=path)]
-    return [
-        ModelSpec(
-            id=c.id,
-            path=c.path,
-            format=c.format or detect_format(c.path),
-            backend=c.backend,
-            options=dict(c.options),
-        )
-        for c in configs
-    ]
+def model_configs(settings: Settings) -> list[ModelConfig]:
+    """The configured models; with none, the embedded default model (fetched once)."""
+    if settings.models:
+        return list(settings.models)
+    return [ModelConfig(id=DEFAULT_MODEL_ID, path=ensure_default_model(settings.models_dir))]
+
+
+def model_spec(c: ModelConfig) -> ModelSpec:
+    return ModelSpec(
+        id=c.id, path=c.path, format=c.format or detect_format(c.path), backend=c.backend, options=dict(c.options)
+    )
 
 
 class ModelPool:
-    def __init__(self, backends: dict[str, Backend]) -> None:
+    def __init__(self, backends: dict[str, Backend], limits: dict[str, ModelLimits] | None = None) -> None:
         self._backends = backends
+        self._limits = limits or {}
 
     @classmethod
     def from_settings(cls, settings: Settings, device: Device | None = None) -> ModelPool:
         """Validate every model and its options now (a typo fails here), load nothing yet."""
         device = device or detect_device()
-        specs = model_specs(settings)
-        seen: set[str] = set()
         backends: dict[str, Backend] = {}
-        for spec in specs:
-            if spec.id in seen:
-                raise ConfigError(f"model id {spec.id!r} is configured twice")
-            seen.add(spec.id)
-            backends[spec.id] = create_backend(spec, device)
-        return cls(backends)
+        limits: dict[str, ModelLimits] = {}
+        for config in model_configs(settings):
+            if config.id in backends:
+                raise ConfigError(f"model id {config.id!r} is configured twice")
+            backends[config.id] = create_backend(model_spec(config), device)
+            limits[config.id] = ModelLimits(
+                config.max_prompt_tokens, config.max_tokens, config.request_timeout_s or settings.request_timeout_s
+            )
+        return cls(backends, limits)
+
+    def limits(self, model_id: str) -> ModelLimits:
+        return self._limits.get(model_id, ModelLimits())
 
     async def start_all(self) -> None:
         try:

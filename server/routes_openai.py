@@ -11,8 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
-from backends.types import GenerationRequest
-from server.auth import require_api_key
+from server.deadline import with_deadline
 from server.deps import get_pool, get_settings
 from server.metrics import Metrics, get_metrics
 from server.observe import observe
@@ -23,51 +22,37 @@ from server.settings import Settings
 from server.streaming import Generation, fold, sse_events
 from server.translate import chat_request, completion_request
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1")
 
 Pool = Annotated[ModelPool, Depends(get_pool)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def _respond(
-    backend: Backend,
-    req: GenerationRequest,
-    shape: Shape,
-    *,
-    stream: bool,
-    include_usage: bool,
-    settings: Settings,
-    metrics: Metrics,
-    endpoint: str,
+async def _generate(
+    body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
 ) -> Response:
-    gen = await Generation.start(observe(metrics, backend, endpoint, backend.generate(req)))
-    if not stream:
+    backend = pool.get(body.model)
+    limits = pool.limits(body.model)
+    chat = isinstance(body, ChatCompletionRequest)
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    if isinstance(body, ChatCompletionRequest):
+        req = chat_request(body, rid, limits, settings.max_messages)
+    else:
+        req = completion_request(body, rid, limits)
+    shape = Shape(id=rid, model=body.model, chat=chat)
+    endpoint = "chat_completions" if chat else "completions"
+    # deadline inside observe, so a timeout is counted like any other failure
+    chunks = observe(metrics, backend, endpoint, with_deadline(backend.generate(req), limits.request_timeout_s))
+    gen = await Generation.start(chunks)
+    if not body.stream:
         return JSONResponse(await fold(gen, shape))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
         sse_events(gen, shape, include_usage=include_usage),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _generate(
-    body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
-) -> Response:
-    backend = pool.get(body.model)
-    chat = isinstance(body, ChatCompletionRequest)
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    req = chat_request(body, rid) if isinstance(body, ChatCompletionRequest) else completion_request(body, rid)
-    return await _respond(
-        backend,
-        req,
-        Shape(id=rid, model=body.model, chat=chat),
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        settings=settings,
-        metrics=metrics,
-        endpoint="chat_completions" if chat else "completions",
     )
 
 

@@ -24,6 +24,10 @@ class ModelConfig(BaseModel):
     format: ModelFormat | None = None  # None: detected from the path
     backend: Literal["auto", "llama_cpp", "vllm"] = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
+    # Per-model limits, refused with a 400 before any work.
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # cap, and the default when a request sets none
+    request_timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("path")
     @classmethod
@@ -36,14 +40,31 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # API keys: any of these (plus one per line of api_keys_file) opens every route but open_paths.
     api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None
+    open_paths: tuple[str, ...] = ("/health", "/ready")
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are listed ("*" for any)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(default=1024, ge=1)
+    # Whole-request limit (queueing + generation); a model's own request_timeout_s overrides it.
+    request_timeout_s: float | None = Field(default=600.0, gt=0)
     models: tuple[ModelConfig, ...] = ()
     models_dir: Path = DEFAULT_MODELS_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
-    # GET /metrics without an API key (Prometheus scrapers rarely carry one); false: same keys as /v1.
-    metrics_public: bool = True
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from settings plus the key file (read once, at app creation)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.expanduser().read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read api_keys_file {str(self.api_keys_file)!r}: {exc.strerror}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return tuple(keys)
 
 
 def load_settings(config_file: Path | None = None, **explicit: Any) -> Settings:

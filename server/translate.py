@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from backends.errors import UnsupportedParameter
+from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.types import GenerationRequest, Message, SamplingParams
+from server.pool import ModelLimits
 from server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
 # field -> predicate on its value saying "this asks for behaviour we do not have yet".
@@ -69,8 +70,25 @@ def _sampling(req: _SamplingFields, max_tokens: int | None) -> SamplingParams:
     )
 
 
-def chat_request(req: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+def _max_tokens(wanted: int | None, limits: ModelLimits) -> int | None:
+    cap = limits.max_tokens
+    if cap is not None and wanted is not None and wanted > cap:
+        raise InvalidRequest(f"max_tokens is {wanted}; this model allows at most {cap}.", param="max_tokens")
+    return wanted if wanted is not None else cap
+
+
+def chat_request(
+    req: ChatCompletionRequest,
+    request_id: str,
+    limits: ModelLimits = ModelLimits(),  # noqa: B008 - immutable
+    max_messages: int | None = None,
+) -> GenerationRequest:
     _refuse_unsupported(req, _CHAT_UNSUPPORTED)
+    if max_messages is not None and len(req.messages) > max_messages:
+        raise InvalidRequest(
+            f"The request has {len(req.messages)} messages; this server accepts at most {max_messages}.",
+            param="messages",
+        )
     messages = []
     for i, msg in enumerate(req.messages):
         if msg.role == "tool" or msg.tool_calls:
@@ -81,11 +99,18 @@ def chat_request(req: ChatCompletionRequest, request_id: str) -> GenerationReque
         role = "system" if msg.role == "developer" else msg.role
         messages.append(Message(role=role, content=msg.text(), name=msg.name))
     return GenerationRequest(
-        request_id=request_id, sampling=_sampling(req, req.wanted_tokens()), messages=tuple(messages)
+        request_id=request_id,
+        sampling=_sampling(req, _max_tokens(req.wanted_tokens(), limits)),
+        messages=tuple(messages),
+        max_prompt_tokens=limits.max_prompt_tokens,
     )
 
 
-def completion_request(req: CompletionRequest, request_id: str) -> GenerationRequest:
+def completion_request(
+    req: CompletionRequest,
+    request_id: str,
+    limits: ModelLimits = ModelLimits(),  # noqa: B008 - immutable
+) -> GenerationRequest:
     _refuse_unsupported(req, _COMPLETION_UNSUPPORTED)
     prompt = req.prompt
     if isinstance(prompt, list):
@@ -95,4 +120,13 @@ def completion_request(req: CompletionRequest, request_id: str) -> GenerationReq
             raise UnsupportedParameter(
                 "only a single string prompt is supported yet (no batches, no token-id prompts).", param="prompt"
             )
-    return GenerationRequest(request_id=request_id, sampling=_sampling(req, req.max_tokens), prompt=prompt)
+    wanted = req.max_tokens if "max_tokens" in req.model_fields_set else None
+    max_tokens = _max_tokens(wanted, limits)
+    if max_tokens is None:
+        max_tokens = req.max_tokens  # OpenAI's default of 16 for completions
+    return GenerationRequest(
+        request_id=request_id,
+        sampling=_sampling(req, max_tokens),
+        prompt=prompt,
+        max_prompt_tokens=limits.max_prompt_tokens,
+    )

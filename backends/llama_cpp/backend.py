@@ -150,6 +150,12 @@ def _check_context(tokens: list[int], req: GenerationRequest, n_ctx: int) -> Non
     param = "messages" if req.messages is not None else "prompt"
     if not tokens:
         raise InvalidRequest("the prompt is empty", param=param)
+    if req.max_prompt_tokens is not None and len(tokens) > req.max_prompt_tokens:
+        raise ContextLengthExceeded(
+            f"Your prompt has {len(tokens)} tokens; this server accepts at most {req.max_prompt_tokens} "
+            f"prompt tokens for this model. Please reduce the length of the {param}.",
+            param=param,
+        )
     wanted = req.sampling.max_tokens or 0
     if len(tokens) + max(wanted, 1) > n_ctx:
         if len(tokens) >= n_ctx:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.errors import Overloaded
+from backends.errors import BackendUnavailable, Overloaded
 from backends.textstream import TextStream
 from backends.types import EngineStats, FinishReason, GenerationChunk, SamplingParams, Usage
 
@@ -38,6 +38,11 @@ class SerialEngine:
         self._waiting = 0
         self._running = 0
         self._closed = False
+        # Held by a worker thread for as long as it touches the context: close() takes it, so
+        # the model is never freed under a decode (a cancelled request's worker may still be
+        # finishing its current token when its stream has already gone).
+        self._decode_lock = threading.Lock()
+        self._cancels: set[threading.Event] = set()
 
     @property
     def n_ctx(self) -> int:
@@ -62,8 +67,12 @@ class SerialEngine:
         return EngineStats(running=self._running, waiting=self._waiting, kv_cache_usage=None)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        for cancel in list(self._cancels):
+            cancel.set()
+        with self._decode_lock:
             self._llm.close()
 
     async def generate(
@@ -80,6 +89,7 @@ class SerialEngine:
         queue_s: float | None = time.perf_counter() - queued_at
         self._running += 1
         cancel = threading.Event()
+        self._cancels.add(cancel)
         queue: asyncio.Queue[object] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         worker = loop.run_in_executor(None, self._run, prompt_tokens, sampling, cancel, loop, queue)
@@ -99,6 +109,7 @@ class SerialEngine:
             # released only when the thread has let go of the context, even if this task is
             # being cancelled right now, so two requests never share it.
             cancel.set()
+            self._cancels.discard(cancel)
             try:
                 await asyncio.shield(worker)
             finally:
@@ -123,7 +134,10 @@ class SerialEngine:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         try:
-            self._decode(prompt_tokens, sampling, cancel, put)
+            with self._decode_lock:
+                if self._closed:
+                    raise BackendUnavailable("the model is shutting down")
+                self._decode(prompt_tokens, sampling, cancel, put)
         except Exception as exc:  # handed to the consumer, which raises it in its own task
             log.exception("llama.cpp generation failed")
             put(exc)
@@ -133,6 +147,11 @@ class SerialEngine:
     def _decode(self, prompt_tokens: list[int], sampling: SamplingParams, cancel: threading.Event, put: Any) -> None:
         llm = self._llm
         llm.set_seed(sampling.seed if sampling.seed is not None else secrets.randbits(31))
+        # Evaluate every prompt from scratch: reusing the previous request's KV prefix changes
+        # how the rest is split into batches, which changes the float sums enough to flip a
+        # greedy near-tie ("Hola in Spanish" became "Hola in English" depending on what ran
+        # before). Greedy output must not depend on the previous request.
+        llm.reset()
         budget = self.n_ctx - len(prompt_tokens)
         if sampling.max_tokens is not None:
             budget = min(budget, sampling.max_tokens)

@@ -187,10 +187,11 @@ def backend_kv(client: httpx.AsyncClient) -> float | None:
 
 async def test_metrics_route_auth(app_client: ClientFactory, make_settings: Callable[..., Settings]) -> None:
     async with app_client(make_settings(api_keys=("sk-1",))) as c:
-        assert (await c.get("/metrics")).status_code == 200, "public by default: scrapers carry no key"
-    async with app_client(make_settings(api_keys=("sk-1",), metrics_public=False)) as c:
         assert_openai_error(await c.get("/metrics"), 401, "invalid_api_key")
         assert (await c.get("/metrics", headers={"Authorization": "Bearer sk-1"})).status_code == 200
+    open_paths = ("/health", "/ready", "/metrics")
+    async with app_client(make_settings(api_keys=("sk-1",), open_paths=open_paths)) as c:
+        assert (await c.get("/metrics")).status_code == 200, "listed as open: a scraper needs no key"
 
 
 async def test_each_app_has_its_own_registry(app_client: ClientFactory, client: httpx.AsyncClient) -> None:

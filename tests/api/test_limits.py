@@ -1,0 +1,112 @@
+"""Limits, timeouts, API keys on every route and CORS, on the real model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import httpx
+
+from server.settings import ModelConfig, Settings
+from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+LONG = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
+
+
+def limited(model_path: Path, make_settings: Callable[..., Settings], **model_fields: object) -> Settings:
+    model = ModelConfig(id=MODEL, path=model_path, options={"n_ctx": 1024}, **model_fields)  # type: ignore[arg-type]
+    return make_settings(models=(model,))
+
+
+async def test_body_over_the_limit_is_413_before_parsing(
+    app_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    async with app_client(make_settings(max_body_bytes=2048)) as c:
+        big = chat_body(messages=[{"role": "user", "content": "x" * 5000}])
+        assert_openai_error(await c.post("/v1/chat/completions", json=big), 413, "request_too_large")
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams in
+            yield b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}]}'
+
+        resp = await c.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"})
+        assert_openai_error(resp, 413, "request_too_large")
+        ok = await c.post("/v1/chat/completions", json=chat_body(max_tokens=8))
+        assert "Paris" in ok.json()["choices"][0]["message"]["content"]
+
+
+async def test_too_many_messages(app_client: ClientFactory, make_settings: Callable[..., Settings]) -> None:
+    async with app_client(make_settings(max_messages=3)) as c:
+        msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] * 2
+        message = assert_openai_error(
+            await c.post("/v1/chat/completions", json=chat_body(messages=msgs)), 400, "invalid_value", "messages"
+        )
+        assert "at most 3" in message
+
+
+async def test_per_model_token_limits(
+    app_client: ClientFactory, make_settings: Callable[..., Settings], model_path: Path
+) -> None:
+    async with app_client(limited(model_path, make_settings, max_tokens=5, max_prompt_tokens=60)) as c:
+        over = await c.post("/v1/chat/completions", json=chat_body(max_tokens=6))
+        assert "at most 5" in assert_openai_error(over, 400, "invalid_value", "max_tokens")
+        capped = (await c.post("/v1/chat/completions", json=chat_body(messages=LONG))).json()
+        assert (capped["choices"][0]["finish_reason"], capped["usage"]["completion_tokens"]) == ("length", 5)
+        long_prompt = [{"role": "user", "content": "Paris " * 80}]
+        resp = await c.post("/v1/chat/completions", json=chat_body(messages=long_prompt))
+        assert "at most 60 prompt tokens" in assert_openai_error(resp, 400, "context_length_exceeded", "messages")
+        resp = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x " * 100})
+        assert_openai_error(resp, 400, "context_length_exceeded", "prompt")
+
+
+async def test_request_timeout_before_and_after_the_first_token(
+    app_client: ClientFactory, make_settings: Callable[..., Settings], model_path: Path
+) -> None:
+    async with app_client(limited(model_path, make_settings, request_timeout_s=0.001)) as c:
+        resp = await c.post("/v1/chat/completions", json=chat_body(messages=LONG, max_tokens=400))
+        assert "0.001 s limit" in assert_openai_error(resp, 504, "timeout")
+    # 400 tokens cannot be generated in 0.5 s on a CPU: the limit falls mid-stream.
+    async with app_client(limited(model_path, make_settings, request_timeout_s=0.5)) as c:
+        resp = await c.post("/v1/chat/completions", json=chat_body(messages=LONG, max_tokens=400, stream=True))
+        assert resp.status_code == 200
+        events = parse_sse(resp.text)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == "timeout"
+        assert events[-2]["error"]["type"] == "server_error"
+        # the engine was released: the next request runs
+        ok = await c.post("/v1/chat/completions", json=chat_body(max_tokens=8))
+        assert "Paris" in ok.json()["choices"][0]["message"]["content"]
+
+
+async def test_keys_guard_every_route_but_the_open_ones(
+    app_client: ClientFactory, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# one key per line\nkey-from-file\n\n")
+    async with app_client(make_settings(api_keys=("key-one",), api_keys_file=key_file)) as c:
+        for path in ["/v1/models", "/metrics", "/docs", "/openapi.json", "/v1/unknown"]:
+            assert_openai_error(await c.get(path), 401, "invalid_api_key")
+            for key in ("key-one", "key-from-file"):
+                resp = await c.get(path, headers={"Authorization": f"Bearer {key}"})
+                assert resp.status_code != 401, path
+        assert (await c.get("/health")).status_code == 200
+        assert (await c.get("/ready")).status_code == 200
+
+
+async def test_cors_is_off_by_default_and_configurable(
+    app_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    preflight = {"Origin": "http://app.local", "Access-Control-Request-Method": "POST"}
+    async with app_client() as c:
+        resp = await c.options("/v1/chat/completions", headers=preflight)
+        assert "access-control-allow-origin" not in resp.headers
+    async with app_client(make_settings(cors_origins=("http://app.local",), api_keys=("k",))) as c:
+        resp = await c.options("/v1/chat/completions", headers=preflight)
+        assert resp.status_code == 200
+        assert resp.headers["access-control-allow-origin"] == "http://app.local"
+        denied = await c.get("/v1/models", headers={"Origin": "http://app.local"})
+        assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "http://app.local"
