@@ -151,7 +151,7 @@ class SerialEngine:
         # how the rest is split into batches, which changes the float sums enough to flip a
         # greedy near-tie ("Hola in Spanish" became "Hola in English" depending on what ran
         # before). Greedy output must not depend on the previous request.
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         budget = self.n_ctx - len(prompt_tokens)
         if sampling.max_tokens is not None:
             budget = min(budget, sampling.max_tokens)
