@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -69,8 +70,12 @@ async def _serve(settings: Settings, pool: ModelPool) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        # A little beyond the streams' grace, so uvicorn never kills a stream still inside it.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler that was there
+    # before it: make that a no-op so a completed graceful shutdown exits 0, not -15.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     await uvicorn.Server(config).serve()
 
 

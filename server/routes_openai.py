@@ -53,6 +53,8 @@ async def _generate(
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # On shutdown, sse-starlette would cut streams at once; let them finish within the grace.
+        shutdown_grace_period=settings.shutdown_grace_s,
     )
 
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    # On SIGTERM: stop accepting, let in-flight requests finish this long, then cancel the rest.
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from settings plus the key file (read once, at app creation)."""
