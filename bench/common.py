@@ -24,7 +24,7 @@ def free_port() -> int:
 class QuantserveProcess:
     """``quantserve serve --config FILE`` on a free port, until ``close``."""
 
-    def __init__(self, config_text: str, workdir: Path) -> None:
+    def __init__(self, config_text: str, workdir: Path, ready_timeout: float = 300) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "bench-config.yaml"
@@ -33,7 +33,7 @@ class QuantserveProcess:
         cmd = [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--config", str(config)]
         cmd += ["--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"quantserve exited early, see {workdir / 'bench-server.log'}")

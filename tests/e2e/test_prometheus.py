@@ -59,6 +59,9 @@ def label_values(prom: Prometheus, query: str) -> list[str]:
     return values
 
 
+API_KEY = "sk-test"
+
+
 def concrete(expr: str) -> str:
     return expr.replace("$__rate_interval", RATE_INTERVAL).replace("$model", MODEL)
 
@@ -69,6 +72,8 @@ class Prometheus:
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         (job,) = config["scrape_configs"]
         job["static_configs"] = [{"targets": [target]}]
+        # The server has API keys, and /metrics is not in its open_paths: scrape with a key.
+        job["authorization"] = {"type": "Bearer", "credentials": API_KEY}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log_path = workdir / "prometheus.log"
@@ -133,7 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
         options["parallel"] = 2
     config = {"models": [{"id": MODEL, "path": str(model_path), "options": options}]}
     (work / "quantserve.yaml").write_text(yaml.safe_dump(config))
-    srv = Server(["--config", str(work / "quantserve.yaml"), "--api-key", "sk-test"], work / "server.log")
+    srv = Server(["--config", str(work / "quantserve.yaml"), "--api-key", API_KEY], work / "server.log")
     try:
         srv.wait_ready()
         yield srv
@@ -143,7 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
 
 def drive_load(base_url: str, prom: Prometheus) -> int:
     """A few streamed and whole chat/text completions, one bad request, one cancelled stream."""
-    headers = {"Authorization": "Bearer sk-test"}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "Name three colours."}], "temperature": 0}
     with httpx.Client(base_url=base_url, headers=headers, timeout=120) as c:
         assert c.post("/v1/chat/completions", json={**chat, "max_tokens": 8}).status_code == 200

@@ -30,7 +30,8 @@ def stream_in_background(url: str, max_tokens: int, started: threading.Event, ou
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         out.append(line[6:])
-                        started.set()
+                        if len(out) >= 5:  # well under way: the role chunk and a few tokens
+                            started.set()
         except httpx.HTTPError as exc:
             out.append(f"transport error: {type(exc).__name__}")
         finally:
