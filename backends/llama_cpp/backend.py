@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -61,6 +60,8 @@ class LlamaCppBackend(Backend):
             return
         try:
             self._engine = await asyncio.to_thread(self._open_engine)
+        except BackendStartupError as exc:
+            raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from exc
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendStartupError(
                 f"model {self.spec.id!r}: llama.cpp could not load {self.spec.path.name}: {exc}"
@@ -74,24 +75,25 @@ class LlamaCppBackend(Backend):
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
 
     def _open_engine(self) -> LlamaEngine:
-        from backends.llama_cpp.serial import SerialEngine
+        from backends.llama_cpp.batched import BatchedEngine
 
         opts = self._opts
-        threads = opts.n_threads or os.cpu_count() or 1
-        return SerialEngine(
+        # llama-cpp-python prints every llama.cpp log line to stderr unless its logger says
+        # otherwise; keep load chatter out of the server log unless we are debugging.
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        return BatchedEngine(
             self.spec.path,
             n_ctx=opts.n_ctx,
+            parallel=opts.parallel,
+            n_batch=opts.n_batch,
+            n_threads=opts.n_threads,
+            n_gpu_layers=opts.n_gpu_layers,
+            flash_attn=opts.flash_attn,
+            cache_type_k=opts.cache_type_k,
+            cache_type_v=opts.cache_type_v,
             max_queue=opts.max_queue,
-            llama_kwargs={
-                "n_threads": threads,
-                "n_threads_batch": threads,
-                "n_batch": opts.n_batch,
-                "n_ubatch": opts.n_batch,
-                "n_gpu_layers": opts.n_gpu_layers,
-                "flash_attn": opts.flash_attn,
-                "type_k": _GGML_TYPES[opts.cache_type_k],
-                "type_v": _GGML_TYPES[opts.cache_type_v],
-            },
+            prefix_cache=opts.prefix_cache,
         )
 
     async def stop(self) -> None:

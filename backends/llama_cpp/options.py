@@ -18,15 +18,25 @@ class LlamaCppOptions(BackendOptions):
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
     n_gpu_layers: int = Field(default=0, ge=-1)  # -1: offload every layer (CUDA / Metal builds)
-    flash_attn: bool = False
+    # Sequences decoded together in one llama_decode per step (continuous batching); the
+    # context holds parallel x n_ctx cells so each request really gets n_ctx.
+    parallel: int = Field(default=4, ge=1, le=256)
+    # Keep a finished request's KV in its idle slot; a new prompt sharing its prefix skips it.
+    prefix_cache: bool = True
+    # On by default: with flash attention every query row is computed on its own, so greedy output
+    # is bit-identical however requests are batched (and it is faster on CPU here).
+    flash_attn: bool = True
     cache_type_k: KvType = "f16"
     cache_type_v: KvType = "f16"
     max_queue: int = Field(default=64, ge=0)  # requests allowed to wait; past it: 429
     chat_template: str | None = None  # overrides the GGUF's tokenizer.chat_template
 
     @model_validator(mode="after")
-    def _quantized_v_needs_flash_attn(self) -> LlamaCppOptions:
+    def _consistent(self) -> LlamaCppOptions:
         # llama.cpp only implements a quantized V cache inside its flash-attention kernels.
         if self.cache_type_v != "f16" and not self.flash_attn:
             raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn: true (llama.cpp limitation)")
+        # Every running sequence needs its decode token in the one batch of a step.
+        if self.n_batch < self.parallel:
+            raise ValueError(f"n_batch ({self.n_batch}) must be at least parallel ({self.parallel})")
         return self

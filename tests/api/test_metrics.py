@@ -90,11 +90,22 @@ async def test_failed_requests_are_counted_with_their_status(client: httpx.Async
 
 
 async def test_overloaded_is_counted(app_client: ClientFactory, make_settings: Callable[..., Settings]) -> None:
-    async with app_client(make_settings({"n_ctx": 512, "max_queue": 0})) as c:
-        assert_openai_error(await c.post("/v1/chat/completions", json=chat_body(max_tokens=2)), 429, "overloaded")
+    # One slot, no waiting room: while the slot is busy, the next request is refused.
+    async with app_client(make_settings({"n_ctx": 512, "parallel": 1, "max_queue": 0})) as c:
+        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        busy = backend.generate(_request(200))
+        await anext(busy)
+        try:
+            resp = await c.post("/v1/chat/completions", json=chat_body(max_tokens=2))
+            assert_openai_error(resp, 429, "overloaded")
+            assert int(resp.headers["retry-after"]) >= 1
+        finally:
+            await busy.aclose()
         m = app_metrics(c)
         assert requests(m, "overloaded", "none") == 1
         assert requests(m, "ok", "length") == 0
+        ok = await c.post("/v1/chat/completions", json=chat_body(max_tokens=2))  # the slot is free again
+        assert ok.status_code == 200
 
 
 def _request(max_tokens: int) -> GenerationRequest:
@@ -174,9 +185,10 @@ async def test_scrape_has_gauges_and_model_info(client: httpx.AsyncClient) -> No
         "context_length": "1024",
     }
     assert samples["quantserve_model_info"] == [(info, 1.0)]
-    # Exported exactly when the engine reports one (the serial engine does not): none is invented.
+    # Read from the engine at scrape time (idle now: 0).
     kv = backend_kv(client)
-    assert samples.get("quantserve_kv_cache_usage_ratio") == (None if kv is None else [(M, kv)])
+    assert kv is not None
+    assert samples["quantserve_kv_cache_usage_ratio"] == [(M, kv)]
 
 
 def backend_kv(client: httpx.AsyncClient) -> float | None:
@@ -202,7 +214,15 @@ async def test_each_app_has_its_own_registry(app_client: ClientFactory, client: 
         assert requests(app_metrics(client), "ok", "length") >= 1
 
 
-async def test_queue_time_comes_from_the_engine_and_is_taken_out_of_prefill(client: httpx.AsyncClient) -> None:
+async def test_queue_time_comes_from_the_engine_and_is_taken_out_of_prefill(
+    app_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    # One slot: a second request must wait for the first.
+    async with app_client(make_settings({"n_ctx": 1024, "parallel": 1})) as c:
+        await _queue_then_prefill(c)
+
+
+async def _queue_then_prefill(client: httpx.AsyncClient) -> None:
     m = app_metrics(client)
     backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
 
@@ -217,7 +237,7 @@ async def test_queue_time_comes_from_the_engine_and_is_taken_out_of_prefill(clie
     before = snapshot()
     first = observe(m, backend, "chat_completions", backend.generate(_request(50)))
     await anext(first)
-    # Created while `first` holds the serial engine: it queues until `first` is closed.
+    # Created while `first` holds the only slot: it queues until `first` is closed.
     second = observe(m, backend, "chat_completions", backend.generate(_request(2)))
     waiter = asyncio.ensure_future(anext(second))
     await asyncio.sleep(0.3)

@@ -22,7 +22,6 @@ import httpx
 import pytest
 import yaml
 
-from backends.llama_cpp.options import LlamaCppOptions
 from tests.e2e.conftest import Server, free_port
 
 log = logging.getLogger(__name__)
@@ -32,9 +31,6 @@ DASHBOARD = ROOT / "configs/grafana/dashboards/quantserve.json"
 SCRAPE_CONFIG = ROOT / "configs/prometheus/prometheus.yml"
 MODEL = "smollm2-135m-instruct"
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here
-KV_QUERY_METRIC = "quantserve_kv_cache_usage_ratio"
-# The serial llama.cpp engine has no KV-cache ratio to report; the batched one (options.parallel) does.
-ENGINE_REPORTS_KV = "parallel" in LlamaCppOptions.model_fields
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -133,9 +129,7 @@ def prometheus_binary() -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("metrics-server")
-    options: dict[str, Any] = {"n_ctx": 1024, "n_threads": 2}
-    if ENGINE_REPORTS_KV:
-        options["parallel"] = 2
+    options: dict[str, Any] = {"n_ctx": 1024, "n_threads": 2, "parallel": 2}
     config = {"models": [{"id": MODEL, "path": str(model_path), "options": options}]}
     (work / "quantserve.yaml").write_text(yaml.safe_dump(config))
     srv = Server(["--config", str(work / "quantserve.yaml"), "--api-key", API_KEY], work / "server.log")
@@ -204,9 +198,6 @@ def test_every_dashboard_query_answers_from_a_real_prometheus(
     assert variables == {"model": [MODEL]}, "the $model template variable must list the served model"
     for title, expr in dashboard_queries():
         result = results[expr]
-        if KV_QUERY_METRIC in expr and not ENGINE_REPORTS_KV:
-            assert result == [], f"{title}: the serial engine reports no KV ratio, yet {expr} returned {result}"
-            continue
         assert result, f"panel {title!r}: {expr} returned nothing"
         for series in result:
             assert series["metric"].get("model") == MODEL, f"{title}: {series}"

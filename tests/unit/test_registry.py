@@ -84,7 +84,15 @@ def test_option_typo_fails_naming_the_field(model_path: Path) -> None:
         create_backend(spec, CPU)
 
 
+def test_n_batch_below_parallel_is_refused(model_path: Path) -> None:
+    spec = ModelSpec(id="m", path=model_path, format=ModelFormat.GGUF, options={"parallel": 8, "n_batch": 4})
+    with pytest.raises(ConfigError, match=r"n_batch \(4\) must be at least parallel \(8\)"):
+        create_backend(spec, CPU)
+
+
 def test_quantized_v_cache_without_flash_attention_is_refused(model_path: Path) -> None:
-    spec = ModelSpec(id="m", path=model_path, format=ModelFormat.GGUF, options={"cache_type_v": "q8_0"})
+    spec = ModelSpec(
+        id="m", path=model_path, format=ModelFormat.GGUF, options={"cache_type_v": "q8_0", "flash_attn": False}
+    )
     with pytest.raises(ConfigError, match="cache_type_v=q8_0 needs flash_attn: true"):
         create_backend(spec, CPU)

@@ -1,0 +1,223 @@
+"""The engine thread: continuous batching over the sequences of one llama.cpp context.
+
+Each step admits waiting requests into free slots, builds ONE batch (a decode token for every
+running sequence, then prompt chunks of newly admitted ones within ``n_batch``), calls
+``llama_decode`` once and samples every sequence that has logits with its own native chain.
+Everything here runs on the engine thread only, so slot state needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from backends.errors import BackendUnavailable
+from backends.llama_cpp import sampling as smp
+from backends.llama_cpp.admission import RequestGate
+from backends.llama_cpp.native import NativeModel
+from backends.llama_cpp.slots import Active, Item, RequestHandle, Slot, deliver, pick_slot
+from backends.textstream import TextStream
+from backends.types import FinishReason, GenerationChunk, Usage
+
+logger = logging.getLogger(__name__)
+
+Outbox = dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Item]]]
+
+
+class Scheduler:
+    def __init__(
+        self, native: NativeModel, gate: RequestGate, *, parallel: int, n_batch: int, prefix_cache: bool, min_tail: int
+    ) -> None:
+        self._native = native
+        self._gate = gate
+        self._n_batch = n_batch
+        self._prefix_cache = prefix_cache
+        self._min_tail = min_tail  # prompt tokens always recomputed on a prefix hit (see BatchedEngine)
+        self._slots = [Slot(i) for i in range(parallel)]
+        self._waiting: deque[RequestHandle] = deque()
+        self._admissions = 0
+        # Read from other threads without a lock: single int stores are atomic under the GIL.
+        self.running = 0
+        self.kv_used = 0
+        self.generated = 0
+
+    def run(self) -> None:
+        """Thread target: step until the gate closes, then fail whatever is left."""
+        try:
+            while not self._gate.closed:
+                if not self._step():
+                    self._gate.wake.wait()
+        except Exception:
+            logger.exception("llama.cpp engine thread crashed; failing all requests")
+        finally:
+            self._gate.close()
+            self._shutdown()
+
+    def _step(self) -> bool:
+        """One scheduling step; False when there was nothing to compute."""
+        self._gate.wake.clear()  # cleared before looking, so a request arriving now wakes the next wait
+        self._waiting.extend(self._gate.take_new())
+        self._reap_cancelled()
+        self._admit()
+        active = [s for s in self._slots if s.active is not None]
+        self.running = len(active)
+        if not active:
+            self.kv_used = 0
+            return False
+        outbox: Outbox = {}
+        n_tokens = self._fill_batch(active)
+        rc = self._native.decode(n_tokens)
+        if rc != 0:
+            logger.error("llama_decode returned %d for a batch of %d tokens", rc, n_tokens)
+            for slot in active:
+                self._fail(slot, RuntimeError(f"llama_decode failed ({rc})"), outbox)
+        else:
+            for slot in active:
+                a = slot.active
+                if a is not None and a.batch_index >= 0:
+                    token = smp.sample(a.sampler, self._native.ctx, a.batch_index)
+                    self._on_token(slot, a, token, outbox)
+        self.kv_used = sum(len(s.kv) for s in self._slots if s.active is not None)
+        self.running = sum(1 for s in self._slots if s.active is not None)
+        _send(outbox)
+        return True
+
+    def _reap_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.active is not None and slot.active.req.cancelled:
+                logger.debug("request %s cancelled in slot %d", slot.active.req.request_id, slot.seq_id)
+                self._release(slot, keep_kv=False)
+        if any(r.cancelled for r in self._waiting):
+            self._waiting = deque(r for r in self._waiting if not r.cancelled)
+
+    def _admit(self) -> None:
+        while self._waiting:
+            idle = [s for s in self._slots if s.active is None]
+            if not idle:
+                return
+            req = self._waiting.popleft()
+            slot, shared = pick_slot(idle, req.prompt)
+            # At least the last prompt token is always decoded: its logits give the first token.
+            reuse = max(0, min(shared, len(req.prompt) - self._min_tail))
+            if reuse < len(slot.kv) and not self._native.seq_rm(slot.seq_id, reuse):
+                self._native.seq_rm(slot.seq_id, -1)  # partial removal refused: start clean
+                reuse = 0
+            del slot.kv[reuse:]
+            p = req.sampling
+            chain = smp.build_chain(p, n_vocab=self._native.n_vocab, seed=smp.request_seed(p))
+            smp.prime_penalties(chain, p, req.prompt)
+            self._admissions += 1
+            now = time.monotonic()
+            slot.active = Active(req, chain, TextStream(p.stop), reuse, reuse, self._admissions, now)
+            slot.active.queue_s = now - req.submitted
+            logger.debug(
+                "request %s -> slot %d (%d prompt tokens, %d reused)",
+                req.request_id,
+                slot.seq_id,
+                len(req.prompt),
+                reuse,
+            )
+
+    def _fill_batch(self, active: list[Slot]) -> int:
+        """Decode tokens of running sequences first, then prompt chunks in admission order."""
+        put = self._native.put
+        n = 0
+        prefilling: list[tuple[Slot, Active]] = []
+        for slot in active:
+            a = slot.active
+            assert a is not None
+            a.batch_index = -1
+            if a.next_token >= 0:
+                put(n, a.next_token, len(slot.kv), slot.seq_id, True)
+                slot.kv.append(a.next_token)
+                a.batch_index = n
+                n += 1
+            else:
+                prefilling.append((slot, a))
+        prefilling.sort(key=lambda sa: sa[1].admitted)
+        for slot, a in prefilling:
+            budget = self._n_batch - n
+            if budget <= 0:
+                break
+            prompt = a.req.prompt
+            chunk = prompt[a.n_fed : a.n_fed + budget]
+            base = len(slot.kv)
+            for j, token in enumerate(chunk):
+                put(n + j, token, base + j, slot.seq_id, False)
+            slot.kv.extend(chunk)
+            a.n_fed += len(chunk)
+            n += len(chunk)
+            if a.n_fed == len(prompt):
+                self._native.logits[n - 1] = True
+                a.batch_index = n - 1
+        return n
+
+    def _on_token(self, slot: Slot, a: Active, token: int, outbox: Outbox) -> None:
+        data, eog = self._native.piece(token)
+        if eog:  # not a completion token; its text (if any) is never shown
+            self._finish(slot, a, a.text.flush(), 0, "stop", outbox)
+            return
+        a.n_generated += 1
+        self.generated += 1
+        text = a.text.feed(data)
+        if a.text.stopped:
+            self._finish(slot, a, text, 1, "stop", outbox)
+        elif a.n_generated >= a.req.limit:
+            self._finish(slot, a, text + a.text.flush(), 1, "length", outbox)
+        else:
+            a.next_token = token
+            outbox.setdefault(a.req.loop, []).append((a.req, GenerationChunk(text, 1, queue_s=a.queue_s)))
+            a.queue_s = None
+
+    def _finish(self, slot: Slot, a: Active, text: str, tokens: int, reason: FinishReason, outbox: Outbox) -> None:
+        usage = Usage(len(a.req.prompt), a.n_generated, a.n_cached)
+        chunk = GenerationChunk(text, tokens, reason, usage, queue_s=a.queue_s)
+        outbox.setdefault(a.req.loop, []).append((a.req, chunk))
+        logger.debug("request %s finished (%s, %d tokens)", a.req.request_id, reason, a.n_generated)
+        self._release(slot, keep_kv=self._prefix_cache)
+
+    def _fail(self, slot: Slot, exc: BaseException, outbox: Outbox) -> None:
+        a = slot.active
+        if a is not None:
+            outbox.setdefault(a.req.loop, []).append((a.req, exc))
+            self._release(slot, keep_kv=False)
+
+    def _release(self, slot: Slot, *, keep_kv: bool) -> None:
+        """Free the slot for the next waiter; drop its KV cells unless kept for prefix reuse."""
+        a = slot.active
+        assert a is not None
+        smp.free_chain(a.sampler)
+        slot.active = None
+        slot.last_used = self._admissions
+        if not keep_kv:
+            self._native.seq_rm(slot.seq_id, -1)
+            slot.kv.clear()
+        self._gate.note_service_time(time.monotonic() - a.started)
+        self._gate.release(a.req)
+
+    def _shutdown(self) -> None:
+        """Engine thread exit: fail whatever is still outstanding and free the samplers."""
+        self._waiting.extend(self._gate.take_new())
+        outbox: Outbox = {}
+        error = BackendUnavailable("the llama.cpp engine stopped")
+        for slot in self._slots:
+            self._fail(slot, error, outbox)
+        for req in self._waiting:
+            outbox.setdefault(req.loop, []).append((req, error))
+            self._gate.release(req)
+        self._waiting.clear()
+        self.running = 0
+        self.kv_used = 0
+        _send(outbox)
+
+
+def _send(outbox: Outbox) -> None:
+    """One thread-safe hand-off per event loop per step, not one per token."""
+    for loop, items in outbox.items():
+        try:
+            loop.call_soon_threadsafe(deliver, items)
+        except RuntimeError:  # the loop is closed: nobody will read these, so stop computing them
+            for req, _ in items:
+                req.cancelled = True

@@ -1,0 +1,133 @@
+"""Request and slot state for the batched engine.
+
+``RequestHandle`` is the only object both threads touch: the engine thread reads its immutable
+fields and sets nothing but (via the event loop) its inbox; the event loop sets ``cancelled``.
+``Slot`` and ``Active`` belong to the engine thread alone, so they need no locking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.textstream import TextStream
+from backends.types import GenerationChunk, SamplingParams
+
+Item = GenerationChunk | BaseException
+
+
+class RequestHandle:
+    """One submitted request, as seen by both the event loop and the engine thread."""
+
+    __slots__ = (
+        "cancelled",
+        "counted",
+        "done",
+        "inbox",
+        "limit",
+        "loop",
+        "prompt",
+        "request_id",
+        "sampling",
+        "submitted",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        limit: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.sampling = sampling
+        self.limit = limit  # most completion tokens: max_tokens capped by the room left in n_ctx
+        self.loop = loop
+        self.submitted = time.monotonic()  # queue time = admission - this
+        self.inbox: deque[Item] = deque()  # touched on the loop thread only
+        self.waiter: asyncio.Future[None] | None = None
+        # Set by the loop when the consumer goes away. A plain bool is enough: the engine
+        # thread only reads it once per step, and a one-step delay is the promised bound.
+        self.cancelled = False
+        self.done = False  # loop side: the final chunk (or an error) was consumed
+        # Whether the request still counts against the engine's capacity; flipped once, under the
+        # engine's lock, by whichever side lets go first (engine release or client cancel).
+        self.counted = True
+
+    async def take(self) -> list[Item]:
+        """Wait for at least one item, then return everything delivered so far."""
+        if not self.inbox:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items = list(self.inbox)
+        self.inbox.clear()
+        return items
+
+
+def deliver(items: Sequence[tuple[RequestHandle, Item]]) -> None:
+    """Runs on the event loop (scheduled by the engine thread once per step and loop)."""
+    for req, item in items:
+        req.inbox.append(item)
+        waiter = req.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+@dataclass(slots=True, eq=False)
+class Active:
+    """Engine-side state of the request a slot is serving."""
+
+    req: RequestHandle
+    sampler: Any
+    text: TextStream
+    n_fed: int  # prompt tokens already in the KV cache (reused ones included)
+    n_cached: int  # prompt tokens reused from the slot's previous occupant
+    admitted: int  # admission order: earlier requests get the prefill budget first
+    started: float
+    n_generated: int = 0
+    queue_s: float | None = None  # reported once, on the request's first chunk, then None
+    next_token: int = -1  # sampled token still to be decoded; -1 while the prompt is prefilling
+    batch_index: int = -1  # where this step's logits for the request are, -1 if none
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One llama.cpp sequence id and the tokens its KV cells hold, in position order."""
+
+    seq_id: int
+    kv: list[int] = field(default_factory=list)
+    active: Active | None = None
+    last_used: int = 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def pick_slot(idle: Sequence[Slot], prompt: Sequence[int]) -> tuple[Slot, int]:
+    """The idle slot whose retained KV shares the longest prefix with ``prompt``.
+
+    Ties (including "no slot shares anything") go to the least recently used slot, so a cache
+    that just served someone survives as long as possible.
+    """
+    best = min(idle, key=lambda s: s.last_used)
+    best_len = common_prefix(best.kv, prompt)
+    for slot in idle:
+        n = common_prefix(slot.kv, prompt)
+        if n > best_len:
+            best, best_len = slot, n
+    return best, best_len

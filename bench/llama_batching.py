@@ -1,0 +1,279 @@
+"""Concurrent streaming load: quantserve vs llama.cpp's llama-server vs llama-cpp-python's server.
+
+    .venv/bin/python -m bench.llama_batching --start-llama-server --start-quantserve \
+        [--system llama-cpp-python=http://127.0.0.1:8001] [--clients 1,4,8,16] [--tokens 128]
+
+Every system gets the same load: C concurrent clients, each streaming ``--rounds`` chat
+completions of ``--tokens`` tokens (greedy, include_usage). The table shows aggregate generated
+tokens/s, time to first token and inter-chunk latency (p50/p95), each as a ratio to llama-server
+measured in the same run (issue 5 targets: >= 0.9x tokens/s at 8 clients, TTFT p95 <= 1.5x).
+
+Systems come from ``--system NAME=BASE_URL`` (already running) or are started here on the same
+GGUF and thread count: ``--start-llama-server`` builds llama-server once from the llama.cpp sources
+vendored in the llama-cpp-python 0.3.36 sdist (cached in ~/.cache/quantserve/llama-server-build,
+never in the repository), ``--start-quantserve`` runs ``quantserve serve``, and
+``--start-llama-cpp-python`` runs ``python -m llama_cpp.server`` (needs llama-cpp-python[server]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.common import QuantserveProcess, free_port
+
+log = logging.getLogger("bench")
+
+SDIST = "llama-cpp-python==0.3.36"
+BUILD_ROOT = Path.home() / ".cache" / "quantserve" / "llama-server-build"
+# The flags our llama-cpp-python wheel is built with, so both sides run the same kernels.
+CMAKE_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
+TOPICS = (
+    "a lighthouse keeper", "a lost robot", "a dragon who hates gold", "a city under the sea",
+    "a time-travelling cat", "the last tree on Mars", "a haunted library", "a pirate chef",
+    "a clockwork bird", "a desert caravan", "a talking mountain", "a secret garden",
+    "an old violin", "a snowbound train", "a small moon", "a forgotten king",
+)  # fmt: skip
+REFERENCE = "llama-server"
+
+
+# ---------------------------------------------------------------- starting the systems
+
+
+def build_llama_server(root: Path = BUILD_ROOT) -> Path:
+    """Build (once) llama-server from the llama.cpp sources that ship inside the sdist."""
+    binary = root / "build" / "bin" / "llama-server"
+    if binary.exists():
+        return binary
+    sdist_dir = root / "sdist"
+    sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        log.info("downloading the %s sdist", SDIST)
+        pip = [sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:", "-d"]
+        subprocess.run([*pip, str(sdist_dir)], check=True)
+        sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
+    src = root / "src"
+    if not (src / "CMakeLists.txt").exists():
+        with tarfile.open(sdists[-1]) as tar:
+            prefix = tar.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
+            members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+            for m in members:
+                m.name = m.name[len(prefix) :]
+            tar.extractall(src, members=[m for m in members if m.name], filter="data")
+    build = root / "build"
+    configure = ["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"]
+    configure += [*CMAKE_FLAGS, "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
+    log.info("building llama-server in %s (several minutes on 2 cores)", build)
+    subprocess.run(configure, check=True)
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 1)], check=True
+    )
+    return binary
+
+
+@contextmanager
+def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[str]:
+    """Run ``cmd`` until the block ends; yield once ``url``/v1/models answers."""
+    log_path = logdir / f"{name}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited early; see {log_path}")
+                try:
+                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not come up; see {log_path}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> dict[str, str]:
+    systems: dict[str, str] = {}
+    threads, ctx, par = str(args.threads), args.n_ctx, args.parallel
+    if args.start_llama_server:
+        port = free_port()
+        cmd = [str(build_llama_server()), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["-t", threads, "-tb", threads, "--parallel", str(par), "-c", str(ctx * par), "-b", str(args.n_batch)]
+        cmd += ["-ub", str(args.n_batch), "-fa", "on" if args.flash_attn else "off", "--no-webui"]
+        systems[REFERENCE] = stack.enter_context(process(REFERENCE, cmd, f"http://127.0.0.1:{port}", logdir))
+    if args.start_llama_cpp_python:
+        port = free_port()
+        cmd = [args.lcp_python, "-m", "llama_cpp.server", "--model", str(args.model), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--n_threads", threads, "--n_ctx", str(ctx), "--n_batch", str(args.n_batch)]
+        name = "llama-cpp-python"
+        systems[name] = stack.enter_context(process(name, cmd, f"http://127.0.0.1:{port}", logdir))
+    if args.start_quantserve:
+        opts = {"n_ctx": ctx, "n_threads": args.threads, "n_batch": args.n_batch, "flash_attn": args.flash_attn}
+        opts.update(json.loads(args.quantserve_options))
+        config = (
+            f"models:\n  - id: bench\n    path: {args.model}\n    backend: llama_cpp\n    options: {json.dumps(opts)}\n"
+        )
+        server = QuantserveProcess(config, logdir)
+        stack.callback(server.close)
+        systems["quantserve"] = server.url
+    for spec in args.system:
+        name, _, url = spec.partition("=")
+        systems[name] = url.rstrip("/")
+    return systems
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass
+class Stream:
+    ttft: float = 0.0
+    gaps: list[float] = field(default_factory=list)  # between successive content chunks
+    tokens: int = 0
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int) -> Stream:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    result, chunks = Stream(), 0
+    start = last = time.perf_counter()
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                result.tokens = data["usage"]["completion_tokens"]
+            if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
+                now = time.perf_counter()
+                if chunks == 0:
+                    result.ttft = now - start
+                else:
+                    result.gaps.append(now - last)
+                last, chunks = now, chunks + 1
+    result.tokens = result.tokens or chunks  # a server without include_usage: one token per chunk
+    return result
+
+
+async def run_level(url: str, clients: int, tokens: int, rounds: int) -> tuple[float, list[Stream]]:
+    """``clients`` concurrent clients, ``rounds`` requests each; returns (aggregate tokens/s, streams)."""
+    # A fresh connection per request: llama-server's HTTP library drops idle keep-alive
+    # connections after a stream, which httpx would otherwise reuse and see fail.
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=no_reuse) as client:
+        model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
+        await one_stream(client, url, model, "a warm-up", 8)
+
+        async def worker(i: int) -> list[Stream]:
+            return [await one_stream(client, url, model, TOPICS[(i + r) % len(TOPICS)], tokens) for r in range(rounds)]
+
+        start = time.perf_counter()
+        per_client = await asyncio.gather(*(worker(i) for i in range(clients)))
+        wall = time.perf_counter() - start
+    streams = [s for group in per_client for s in group]
+    return sum(s.tokens for s in streams) / wall, streams
+
+
+# ---------------------------------------------------------------- report
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(tps: float, streams: list[Stream]) -> dict[str, float]:
+    ttfts = [s.ttft for s in streams]
+    gaps = [g for s in streams for g in s.gaps]
+    return {
+        "tok/s": tps,
+        "ttft p50": pct(ttfts, 0.5),
+        "ttft p95": pct(ttfts, 0.95),
+        "itl p50": pct(gaps, 0.5),
+        "itl p95": pct(gaps, 0.95),
+    }
+
+
+def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    metrics = ("tok/s", "ttft p50", "ttft p95", "itl p50", "itl p95")
+    head = f"| system | clients | {' | '.join(metrics)} |"
+    lines = [head, "|" + "---|" * (2 + len(metrics))]
+    for name, levels in results.items():
+        for clients, row in levels.items():
+            ref = results.get(REFERENCE, {}).get(clients)
+            cells = []
+            for m in metrics:
+                unit = "" if m == "tok/s" else " s"
+                ratio = f" ({row[m] / ref[m]:.2f}x)" if ref and ref[m] else ""
+                cells.append(f"{row[m]:.3f}{unit}{ratio}" if unit else f"{row[m]:.1f}{ratio}")
+            lines.append(f"| {name} | {clients} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_model = Path.home() / ".cache/quantserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    parser.add_argument("--model", type=Path, default=default_model)
+    parser.add_argument("--system", action="append", default=[], metavar="NAME=URL", help="an already running server")
+    parser.add_argument("--start-llama-server", action="store_true")
+    parser.add_argument("--start-quantserve", action="store_true")
+    parser.add_argument(
+        "--quantserve-options", default="{}", help="JSON merged into the model options, e.g. '{\"parallel\": 8}'"
+    )
+    parser.add_argument("--start-llama-cpp-python", action="store_true")
+    parser.add_argument("--lcp-python", default=sys.executable, help="python with llama-cpp-python[server]")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots")
+    parser.add_argument("--n-ctx", type=int, default=1024, help="context per request")
+    parser.add_argument("--n-batch", type=int, default=512)
+    parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
+    levels = [int(c) for c in args.clients.split(",")]
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        systems = start_systems(args, stack, Path(tmp))
+        if not systems:
+            parser.error("no system: pass --system NAME=URL or one of the --start-* flags")
+        # Levels outermost, systems inner: background load drifting over the run hits all alike.
+        for clients in levels:
+            for name, url in systems.items():
+                log.info("%s: %d clients", name, clients)
+                tps, streams = asyncio.run(run_level(url, clients, args.tokens, args.rounds))
+                results.setdefault(name, {})[clients] = summarize(tps, streams)
+    sys.stdout.write(render(results))
+
+
+if __name__ == "__main__":
+    main()
