@@ -126,7 +126,9 @@ def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> d
         name = "llama-cpp-python"
         systems[name] = stack.enter_context(process(name, cmd, f"http://127.0.0.1:{port}", logdir))
     if args.start_quantserve:
+        # The same slot count as llama-server's --parallel: both get parallel x n_ctx cells.
         opts = {"n_ctx": ctx, "n_threads": args.threads, "n_batch": args.n_batch, "flash_attn": args.flash_attn}
+        opts["parallel"] = par
         opts.update(json.loads(args.quantserve_options))
         config = (
             f"models:\n  - id: bench\n    path: {args.model}\n    backend: llama_cpp\n    options: {json.dumps(opts)}\n"
@@ -148,6 +150,7 @@ class Stream:
     ttft: float = 0.0
     gaps: list[float] = field(default_factory=list)  # between successive content chunks
     tokens: int = 0
+    failed: bool = False  # the server cut the stream or answered an error
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int) -> Stream:
@@ -161,21 +164,25 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, topic: str
     }
     result, chunks = Stream(), 0
     start = last = time.perf_counter()
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
-        resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                result.tokens = data["usage"]["completion_tokens"]
-            if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
-                now = time.perf_counter()
-                if chunks == 0:
-                    result.ttft = now - start
-                else:
-                    result.gaps.append(now - last)
-                last, chunks = now, chunks + 1
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if data.get("usage"):
+                    result.tokens = data["usage"]["completion_tokens"]
+                if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
+                    now = time.perf_counter()
+                    if chunks == 0:
+                        result.ttft = now - start
+                    else:
+                        result.gaps.append(now - last)
+                    last, chunks = now, chunks + 1
+    except httpx.HTTPError:
+        # Counted, not fatal: llama-cpp-python's server cuts concurrent streams (interrupt_requests).
+        result.failed = True
     result.tokens = result.tokens or chunks  # a server without include_usage: one token per chunk
     return result
 
@@ -218,13 +225,15 @@ def summarize(tps: float, streams: list[Stream]) -> dict[str, float]:
         "ttft p95": pct(ttfts, 0.95),
         "itl p50": pct(gaps, 0.5),
         "itl p95": pct(gaps, 0.95),
+        "bad streams": float(sum(1 for s in streams if s.failed or s.tokens == 0)),
+        "streams": float(len(streams)),
     }
 
 
 def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
     metrics = ("tok/s", "ttft p50", "ttft p95", "itl p50", "itl p95")
-    head = f"| system | clients | {' | '.join(metrics)} |"
-    lines = [head, "|" + "---|" * (2 + len(metrics))]
+    head = f"| system | clients | {' | '.join(metrics)} | failed or empty streams |"
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
     for name, levels in results.items():
         for clients, row in levels.items():
             ref = results.get(REFERENCE, {}).get(clients)
@@ -233,7 +242,8 @@ def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
                 unit = "" if m == "tok/s" else " s"
                 ratio = f" ({row[m] / ref[m]:.2f}x)" if ref and ref[m] else ""
                 cells.append(f"{row[m]:.3f}{unit}{ratio}" if unit else f"{row[m]:.1f}{ratio}")
-            lines.append(f"| {name} | {clients} | {' | '.join(cells)} |")
+            bad = f"{row['bad streams']:.0f}/{row['streams']:.0f}"
+            lines.append(f"| {name} | {clients} | {' | '.join(cells)} | {bad} |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +260,7 @@ def main() -> None:
     parser.add_argument("--start-llama-cpp-python", action="store_true")
     parser.add_argument("--lcp-python", default=sys.executable, help="python with llama-cpp-python[server]")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots")
+    parser.add_argument("--parallel", type=int, default=8, help="slots, for llama-server and quantserve alike")
     parser.add_argument("--n-ctx", type=int, default=1024, help="context per request")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True)

@@ -52,7 +52,7 @@ def main() -> None:
     from llama_cpp import Llama
 
     model = ensure_default_model(DEFAULT_MODELS_DIR)
-    opts = {"n_ctx": args.n_ctx, "n_threads": args.threads, "n_batch": 512}
+    opts = {"n_ctx": args.n_ctx, "n_threads": args.threads, "n_batch": 512, "flash_attn": True}
     llm = Llama(
         str(model),
         n_ctx=args.n_ctx,
@@ -60,6 +60,7 @@ def main() -> None:
         n_threads_batch=args.threads,
         n_batch=512,
         n_ubatch=512,
+        flash_attn=True,  # quantserve's default, so both sides run the same kernels
         verbose=False,
     )
     config = f"models:\n  - id: bench\n    path: {model}\n    backend: llama_cpp\n    options: {opts}\n"

