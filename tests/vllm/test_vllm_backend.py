@@ -23,16 +23,9 @@ from backends.errors import BackendStartupError, ConfigError, ContextLengthExcee
 from backends.registry import create_backend
 from backends.types import Device, GenerationChunk, GenerationRequest, Message, ModelFormat, ModelSpec, SamplingParams
 from backends.vllm.backend import VllmBackend
+from tests.marks import ENGINE_NOISE
 
-pytestmark = [
-    pytest.mark.slow,
-    # vLLM and torch warn at import and on engine start-up; none of it is ours.
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 
 CPU = Device(kind="cpu")
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
