@@ -3,6 +3,8 @@ boundary; ``server.errors`` maps each class to an HTTP status once."""
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class QuantserveError(Exception):
     """Base class. ``message`` is safe to show to a client (no paths, no tracebacks)."""
@@ -47,3 +49,10 @@ class BackendStartupError(QuantserveError):
 
 class ConfigError(QuantserveError):
     """Settings that cannot work (unknown backend, bad options, missing file)."""
+
+
+def field_problems(exc: ValidationError, *, prefix: str = "") -> str:
+    """``loc: msg; ...`` from a pydantic error list, so a config typo names its field."""
+    return "; ".join(
+        f"{prefix}{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )

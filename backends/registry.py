@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from backends.base import Backend
-from backends.errors import ConfigError
+from backends.errors import ConfigError, field_problems
 from backends.types import Device, ModelSpec
 
 # name -> "module:Class". Order is the preference order for ``backend: auto``.
@@ -63,6 +63,5 @@ def create_backend(spec: ModelSpec, device: Device) -> Backend:
     try:
         options = cls.parse_options(spec.options)
     except ValidationError as exc:
-        problems = "; ".join(f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"model {spec.id!r} ({cls.name}): {problems}") from None
+        raise ConfigError(f"model {spec.id!r} ({cls.name}): {field_problems(exc, prefix='options.')}") from None
     return cls(spec, options)

@@ -7,11 +7,10 @@ A pure ASGI middleware rather than a route dependency, so nothing is forgotten: 
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import AuthenticationError, classify
+from server.errors import AuthenticationError, send_error
 
 
 def check_key(authorization: str, keys: tuple[str, ...]) -> None:
@@ -42,11 +41,6 @@ class ApiKeyMiddleware:
         try:
             check_key(header, self.keys)
         except AuthenticationError as exc:
-            status, body, headers = classify(exc)
-            raw = json.dumps(body).encode()
-            response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-            response_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-            await send({"type": "http.response.start", "status": status, "headers": response_headers})
-            await send({"type": "http.response.body", "body": raw})
+            await send_error(send, exc)
             return
         await self.app(scope, receive, send)

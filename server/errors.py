@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from backends.errors import (
     BackendStartupError,
@@ -124,6 +125,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+async def send_error(send: Send, exc: QuantserveError) -> None:
+    """For ASGI middlewares, which run outside the app's exception handlers."""
+    status, body, headers = classify(exc)
+    raw = json.dumps(body).encode()
+    response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    response_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": raw})
 
 
 def sse_error_payload(exc: BaseException) -> str:

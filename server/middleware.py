@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import PayloadTooLarge, classify
+from server.errors import PayloadTooLarge, send_error
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -81,10 +80,6 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
-        status, payload, _ = classify(
-            PayloadTooLarge(f"Request body is larger than the {self.max_bytes} bytes this server accepts.")
+        await send_error(
+            send, PayloadTooLarge(f"Request body is larger than the {self.max_bytes} bytes this server accepts.")
         )
-        raw = json.dumps(payload).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from backends.errors import ConfigError
+from backends.errors import ConfigError, field_problems
 from backends.types import ModelFormat
 
 DEFAULT_MODELS_DIR = Path("~/.cache/quantserve/models").expanduser()
@@ -99,8 +99,4 @@ def load_settings(config_file: Path | None = None, **explicit: Any) -> Settings:
 
 def describe_validation_error(exc: ValidationError, *, source: Path | None = None) -> str:
     where = f" in {source}" if source else ""
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        problems.append(f"{loc}: {err['msg']}")
-    return f"invalid settings{where}: " + "; ".join(problems)
+    return f"invalid settings{where}: {field_problems(exc)}"
