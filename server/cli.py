@@ -39,7 +39,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file (see configs/).")] = None,
     model: Annotated[Path | None, typer.Option(help="Serve this one model file/directory, no config needed.")] = None,
-    api_key: Annotated[list[str] | None, typer.Option(help="Require this API key on /v1 (repeatable).")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help="Require this API key (repeatable).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
 ) -> None:
     """Start the server (with no model configured: the embedded SmolLM2-135M-Instruct Q4_1)."""

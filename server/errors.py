@@ -74,8 +74,14 @@ def classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 500, error_body("The server had an error while processing your request.", "server_error"), {}
 
 
+# Pydantic puts the union member it tried into the location ("stop.str", "content.list[TextPart]");
+# a client needs the field's own path.
+_UNION_MEMBERS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
+    parts = [p for p in parts if p not in _UNION_MEMBERS and "[" not in p]
     return ".".join(parts) or None
 
 
