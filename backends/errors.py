@@ -39,6 +39,10 @@ class Overloaded(QuantserveError):
         self.retry_after = retry_after
 
 
+class QueueTimeout(Overloaded):
+    """The request waited in the model's queue past its ``queue_timeout_s``; nothing was generated."""
+
+
 class BackendUnavailable(QuantserveError):
     """The model exists but cannot serve now (loading, stopped, engine died)."""
 

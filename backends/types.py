@@ -62,6 +62,8 @@ class GenerationRequest:
     prompt: str | None = None
     # An operator's cap below the context window (None: the context is the only limit).
     max_prompt_tokens: int | None = None
+    # Most seconds to wait for an engine slot (None: only the whole-request limit applies).
+    queue_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

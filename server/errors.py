@@ -21,6 +21,7 @@ from backends.errors import (
     ModelNotFound,
     Overloaded,
     QuantserveError,
+    QueueTimeout,
     UnsupportedParameter,
 )
 
@@ -48,6 +49,10 @@ ERROR_TABLE: dict[type[QuantserveError], tuple[int, str, str | None]] = {
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     PayloadTooLarge: (413, "invalid_request_error", "request_too_large"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
+    # 503, not 429: the model was saturated for too long (a server condition, not the client's
+    # rate); RFC 9110 gives 503 + Retry-After for temporary overload, as OpenAI does for an
+    # overloaded engine. Nothing was generated, so a retry is safe.
+    QueueTimeout: (503, "server_error", "queue_timeout"),
     BackendUnavailable: (503, "server_error", "backend_unavailable"),
     RequestTimeout: (504, "server_error", "timeout"),
     BackendStartupError: (503, "server_error", "backend_unavailable"),

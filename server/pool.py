@@ -25,6 +25,7 @@ class ModelLimits:
     max_prompt_tokens: int | None = None
     max_tokens: int | None = None
     request_timeout_s: float | None = None
+    queue_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,10 @@ class ModelPool:
                 raise ConfigError(f"model id {config.id!r} is configured twice")
             backends[config.id] = create_backend(model_spec(config), device)
             limits[config.id] = ModelLimits(
-                config.max_prompt_tokens, config.max_tokens, config.request_timeout_s or settings.request_timeout_s
+                config.max_prompt_tokens,
+                config.max_tokens,
+                config.request_timeout_s or settings.request_timeout_s,
+                config.queue_timeout_s or settings.queue_timeout_s,
             )
         return cls(backends, limits)
 

@@ -28,6 +28,7 @@ class ModelConfig(BaseModel):
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)  # cap, and the default when a request sets none
     request_timeout_s: float | None = Field(default=None, gt=0)
+    queue_timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("path")
     @classmethod
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=1024, ge=1)
     # Whole-request limit (queueing + generation); a model's own request_timeout_s overrides it.
     request_timeout_s: float | None = Field(default=600.0, gt=0)
+    # Most time a request may wait for an engine slot (None: only request_timeout_s bounds it);
+    # past it the request is dropped from the queue with 503 queue_timeout. A model's own wins.
+    queue_timeout_s: float | None = Field(default=None, gt=0)
     models: tuple[ModelConfig, ...] = ()
     models_dir: Path = DEFAULT_MODELS_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"

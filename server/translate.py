@@ -103,6 +103,7 @@ def chat_request(
         sampling=_sampling(req, _max_tokens(req.wanted_tokens(), limits)),
         messages=tuple(messages),
         max_prompt_tokens=limits.max_prompt_tokens,
+        queue_timeout_s=limits.queue_timeout_s,
     )
 
 
@@ -129,4 +130,5 @@ def completion_request(
         sampling=_sampling(req, max_tokens),
         prompt=prompt,
         max_prompt_tokens=limits.max_prompt_tokens,
+        queue_timeout_s=limits.queue_timeout_s,
     )

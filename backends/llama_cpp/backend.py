@@ -143,7 +143,8 @@ class LlamaCppBackend(Backend):
         engine = self._require_engine()
         tokens = self.tokenize_request(req)
         _check_context(tokens, req, engine.n_ctx)
-        async for chunk in engine.generate(req.request_id, tokens, req.sampling):
+        stream = engine.generate(req.request_id, tokens, req.sampling, queue_timeout_s=req.queue_timeout_s)
+        async for chunk in stream:
             yield chunk
 
 

@@ -139,14 +139,20 @@ class BatchedEngine:
         return self._native.tokenize(text, add_special=add_special)
 
     async def generate(
-        self, request_id: str, prompt_tokens: list[int], sampling: SamplingParams
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        sampling: SamplingParams,
+        *,
+        queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         limit = self._completion_limit(prompt_tokens, sampling)
         if limit == 0:
             yield GenerationChunk(finish_reason="length", usage=Usage(len(prompt_tokens), 0))
             return
         req = RequestHandle(request_id, list(prompt_tokens), sampling, limit, asyncio.get_running_loop())
-        self._gate.submit(req)  # raises before the first yield: the HTTP layer can still answer 429/503
+        # Raises before the first yield: the HTTP layer can still answer 429/503.
+        self._gate.submit(req, queue_timeout_s=queue_timeout_s)
         try:
             # Tokens (and the queue time) of chunks whose text is still held back by the engine
             # (partial UTF-8 or a possible stop string): an empty delta is never yielded.

@@ -38,12 +38,18 @@ class LlamaEngine(Protocol):
         ...
 
     def generate(
-        self, request_id: str, prompt_tokens: list[int], sampling: SamplingParams
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        sampling: SamplingParams,
+        *,
+        queue_timeout_s: float | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream deltas for one request. The prompt is already known to fit ``n_ctx``.
 
         The last chunk has ``finish_reason`` and ``usage``. Closing the iterator frees the
-        request's slot and KV cells. Queue-full raises ``Overloaded`` before the first yield.
+        request's slot and KV cells. Queue-full raises ``Overloaded`` before the first yield;
+        still waiting for a slot after ``queue_timeout_s``, the stream raises ``QueueTimeout``.
         """
         ...
 

@@ -47,7 +47,11 @@ class Scheduler:
         """Thread target: step until the gate closes, then fail whatever is left."""
         try:
             while not self._gate.closed:
-                if not self._step():
+                busy = self._step()
+                # Whatever still waits after admission has no slot: fail those past their queue timeout.
+                for req, error in self._gate.expire(self._waiting):
+                    _send({req.loop: [(req, error)]})
+                if not busy:
                     self._gate.wake.wait()
         except Exception:
             logger.exception("llama.cpp engine thread crashed; failing all requests")

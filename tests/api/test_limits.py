@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 
+from server.pool import ModelPool
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 LONG = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
+# Greedy, this prompt runs to any max_tokens (measured: 2000 tokens, finish "length").
+ANIMALS = [{"role": "user", "content": "List 300 different animals, one per line."}]
 
 
 def limited(model_path: Path, make_settings: Callable[..., Settings], **model_fields: object) -> Settings:
@@ -110,3 +114,43 @@ async def test_cors_is_off_by_default_and_configurable(
         assert resp.headers["access-control-allow-origin"] == "http://app.local"
         denied = await c.get("/v1/models", headers={"Origin": "http://app.local"})
         assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "http://app.local"
+
+
+async def test_queue_timeout_fails_a_waiting_request_and_spares_the_running_one(
+    app_client: ClientFactory, make_settings: Callable[..., Settings], model_path: Path
+) -> None:
+    one_slot = ModelConfig(id=MODEL, path=model_path, options={"n_ctx": 1024, "parallel": 1})
+    async with app_client(make_settings(models=(one_slot,), queue_timeout_s=0.5)) as c:
+        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        running = asyncio.ensure_future(
+            c.post("/v1/chat/completions", json=chat_body(messages=ANIMALS, max_tokens=900))
+        )
+        for _ in range(6000):  # until the long request holds the only slot
+            if backend.stats().running == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.stats().running == 1
+        for stream in (False, True):
+            waited = await c.post("/v1/chat/completions", json=chat_body(max_tokens=4, stream=stream))
+            message = assert_openai_error(waited, 503, "queue_timeout")
+            assert "0.5 s" in message and "queue_timeout_s" in message
+            assert int(waited.headers["retry-after"]) >= 1
+            assert backend.stats().waiting == 0, "the timed-out request left the queue"
+        assert not running.done(), "the running request outlived two queue timeouts"
+        body = (await running).json()
+        # Generating for longer than the queue timeout did not touch the request that had the slot.
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == 900
+        ok = await c.post("/v1/chat/completions", json=chat_body(max_tokens=8))
+        assert "Paris" in ok.json()["choices"][0]["message"]["content"]
+
+
+def test_queue_timeout_a_models_own_overrides_the_global_one(
+    make_settings: Callable[..., Settings], model_path: Path
+) -> None:
+    own = ModelConfig(id="own", path=model_path, queue_timeout_s=2.5)
+    inherited = ModelConfig(id="inherited", path=model_path)
+    pool = ModelPool.from_settings(make_settings(models=(own, inherited), queue_timeout_s=7.0))
+    assert pool.limits("own").queue_timeout_s == 2.5
+    assert pool.limits("inherited").queue_timeout_s == 7.0
+    assert ModelPool.from_settings(make_settings()).limits(MODEL).queue_timeout_s is None
