@@ -14,6 +14,7 @@ from backends.registry import create_backend
 from backends.types import Device, ModelSpec
 from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.settings import ModelConfig, Settings
+from server.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,18 @@ def model_spec(c: ModelConfig) -> ModelSpec:
 
 
 class ModelPool:
-    def __init__(self, backends: dict[str, Backend], limits: dict[str, ModelLimits] | None = None) -> None:
+    """The served models. Once started, a supervisor restarts any engine that dies (see
+    ``server.supervisor``); ``serving`` refuses a model that is down, naming why."""
+
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        limits: dict[str, ModelLimits] | None = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self._backends = backends
         self._limits = limits or {}
+        self._supervisor = Supervisor(backends, policy or RestartPolicy())
 
     @classmethod
     def from_settings(cls, settings: Settings, device: Device | None = None) -> ModelPool:
@@ -69,7 +79,8 @@ class ModelPool:
                 config.request_timeout_s or settings.request_timeout_s,
                 config.queue_timeout_s or settings.queue_timeout_s,
             )
-        return cls(backends, limits)
+        policy = RestartPolicy(settings.health_interval_s, settings.max_restarts, settings.restart_backoff_s)
+        return cls(backends, limits, policy)
 
     def limits(self, model_id: str) -> ModelLimits:
         return self._limits.get(model_id, ModelLimits())
@@ -82,8 +93,10 @@ class ModelPool:
         except BaseException:
             await self.stop_all()
             raise
+        self._supervisor.start()
 
     async def stop_all(self) -> None:
+        await self._supervisor.stop()
         for backend in self._backends.values():
             try:
                 await backend.stop()
@@ -99,12 +112,24 @@ class ModelPool:
                 param="model",
             ) from None
 
+    def serving(self, model_id: str) -> Backend:
+        """The model's backend for a generation: 404 if unknown, 503 while its engine is down."""
+        backend = self.get(model_id)
+        reason = self._supervisor.unavailable(model_id)
+        if reason is not None:
+            raise BackendUnavailable(f"The model '{model_id}' is unavailable: {reason}.")
+        return backend
+
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
 
     async def states(self) -> list[ModelState]:
         out = []
         for backend in self._backends.values():
+            reason = self._supervisor.unavailable(backend.spec.id)
+            if reason is not None:
+                out.append(ModelState(backend.spec.id, False, reason))
+                continue
             try:
                 await backend.check_health()
                 out.append(ModelState(backend.spec.id, True))

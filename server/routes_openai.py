@@ -32,7 +32,7 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 async def _generate(
     body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
 ) -> Response:
-    backend = pool.get(body.model)
+    backend = pool.serving(body.model)  # 503 while the model's engine is down or restarting
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Most time a request may wait for an engine slot (None: only request_timeout_s bounds it);
     # past it the request is dropped from the queue with 503 queue_timeout. A model's own wins.
     queue_timeout_s: float | None = Field(default=None, gt=0)
+    # Engine supervision: health checked every health_interval_s; a dead engine is restarted up
+    # to max_restarts times (waiting restart_backoff_s, doubled each attempt), then the model is
+    # marked unavailable with the reason. The other models keep serving throughout.
+    health_interval_s: float = Field(default=1.0, gt=0)
+    max_restarts: int = Field(default=3, ge=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
     models: tuple[ModelConfig, ...] = ()
     models_dir: Path = DEFAULT_MODELS_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -102,8 +102,12 @@ class LlamaCppBackend(Backend):
             await asyncio.to_thread(engine.close)
 
     async def check_health(self) -> None:
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             raise BackendUnavailable(f"model {self.spec.id!r} is not loaded")
+        if not engine.alive:
+            reason = engine.failure or "its thread exited"
+            raise BackendUnavailable(f"model {self.spec.id!r}: the llama.cpp engine stopped ({reason})")
 
     def _require_engine(self) -> LlamaEngine:
         if self._engine is None:

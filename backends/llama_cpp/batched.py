@@ -131,6 +131,16 @@ class BatchedEngine:
         return self._eos_text
 
     @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs (False once it crashed, and after close())."""
+        return self._thread.is_alive()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine thread crashed (exception type and message); None if it has not."""
+        return self._scheduler.failure
+
+    @property
     def generated_tokens(self) -> int:
         """Tokens sampled since start, all requests together (a server-side progress counter)."""
         return self._scheduler.generated

@@ -37,6 +37,16 @@ class LlamaEngine(Protocol):
         """Tokenize with special tokens parsed (chat templates contain them)."""
         ...
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine can still run requests (its thread has not died)."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine died, if it crashed: shown by health checks."""
+        ...
+
     def generate(
         self,
         request_id: str,

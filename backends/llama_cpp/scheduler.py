@@ -42,6 +42,7 @@ class Scheduler:
         self.running = 0
         self.kv_used = 0
         self.generated = 0
+        self.failure: str | None = None  # why the thread died, if it crashed (read by health checks)
 
     def run(self) -> None:
         """Thread target: step until the gate closes, then fail whatever is left."""
@@ -53,7 +54,8 @@ class Scheduler:
                     _send({req.loop: [(req, error)]})
                 if not busy:
                     self._gate.wake.wait()
-        except Exception:
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"[:300]
             logger.exception("llama.cpp engine thread crashed; failing all requests")
         finally:
             self._gate.close()
@@ -205,7 +207,7 @@ class Scheduler:
         """Engine thread exit: fail whatever is still outstanding and free the samplers."""
         self._waiting.extend(self._gate.take_new())
         outbox: Outbox = {}
-        error = BackendUnavailable("the llama.cpp engine stopped")
+        error = BackendUnavailable("the llama.cpp engine failed" if self.failure else "the llama.cpp engine stopped")
         for slot in self._slots:
             self._fail(slot, error, outbox)
         for req in self._waiting:
