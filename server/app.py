@@ -13,7 +13,7 @@ from server import routes_health, routes_metrics, routes_openai
 from server.auth import ApiKeyMiddleware
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from server.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
 from server.pool import ModelPool
 from server.settings import Settings
 
@@ -43,7 +43,8 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
 
     app.state.metrics = Metrics(served)
     install_error_handlers(app)
-    # Added innermost first: CORS -> request id -> API key -> body limit -> routes.
+    # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
+    app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=settings.open_paths)
     app.add_middleware(RequestIdMiddleware)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import PayloadTooLarge, send_error
@@ -83,3 +85,59 @@ class BodyLimitMiddleware:
         await send_error(
             send, PayloadTooLarge(f"Request body is larger than the {self.max_bytes} bytes this server accepts.")
         )
+
+
+class DisconnectMiddleware:
+    """Cancel a request's work when its client goes away before the response is complete.
+
+    Starlette notices a departed client only while it streams (sse-starlette listens for it); a
+    non-streamed completion would otherwise generate to the end for nobody, holding its slot.
+    Once the body is read, the only message a client can still send is ``http.disconnect``: a
+    watcher task waits for it and cancels the app, whose cancellation closes the engine stream
+    and frees the slot within one engine step. The app sees the disconnect too, through the
+    receive it is given.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pending: list[Message] = []
+        while True:  # the body (buffered by BodyLimitMiddleware, outside us)
+            message = await receive()
+            pending.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        gone = anyio.Event()
+        complete = False
+
+        async def app_receive() -> Message:
+            if pending:
+                return pending.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        with anyio.CancelScope() as work:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+                if not complete:
+                    work.cancel()
+
+            watcher = None if pending[-1]["type"] == "http.disconnect" else asyncio.create_task(watch())
+            try:
+                await self.app(scope, app_receive, tracking_send)
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
