@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult
+from backends.errors import UnsupportedParameter
 from backends.types import BackendInfo, Device, EngineStats, GenerationChunk, GenerationRequest, ModelSpec, Support
 
 
@@ -61,3 +63,19 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    # ---- optional capabilities: a backend without them answers 400 unsupported_parameter ----
+    def _cannot(self, what: str) -> UnsupportedParameter:
+        return UnsupportedParameter(f"model {self.spec.id!r} (backend {self.name}) cannot {what}.", param="model")
+
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        """One unit-length vector per input. Raises before any work on an input that cannot fit."""
+        raise self._cannot("compute embeddings")
+
+    async def tokenize(self, req: TokenizeRequest) -> TokenizeResult:
+        """The token ids the model would see for a prompt or a chat (template applied)."""
+        raise self._cannot("tokenize")
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens``; an id outside the vocabulary is an ``InvalidRequest`` on ``tokens``."""
+        raise self._cannot("detokenize")

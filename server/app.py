@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from backends.base import Backend
-from server import routes_health, routes_metrics, routes_openai
+from server import routes_extra, routes_health, routes_metrics, routes_openai
 from server.auth import ApiKeyMiddleware
 from server.errors import install_error_handlers
 from server.metrics import Metrics
@@ -58,5 +58,6 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         )
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_extra.router)
     app.include_router(routes_metrics.router)
     return app

@@ -6,10 +6,21 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from backends.base import Backend, BackendOptions
 from backends.chat_template import ChatTemplate
+from backends.embeddings import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    TokenizeRequest,
+    TokenizeResult,
+    check_dimensions,
+    check_input_lengths,
+    check_token_ids,
+    cut_after_final_message,
+    input_tokens,
+)
 from backends.errors import BackendStartupError, BackendUnavailable, ContextLengthExceeded, InvalidRequest
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
@@ -23,6 +34,11 @@ from backends.types import (
     ModelSpec,
     Support,
 )
+
+if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
+    from backends.llama_cpp.embedding import Embedder
+    from backends.llama_cpp.native import NativeModel
+    from backends.types import Message
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +62,7 @@ class LlamaCppBackend(Backend):
         self._engine: LlamaEngine | None = None
         self._template: ChatTemplate | None = None
         self._device = "cpu"
+        self._embedder: Embedder | None = None  # built on the first /v1/embeddings request
 
     @classmethod
     def supports(cls, spec: ModelSpec, device: Device) -> Support:
@@ -150,6 +167,61 @@ class LlamaCppBackend(Backend):
         stream = engine.generate(req.request_id, tokens, req.sampling, queue_timeout_s=req.queue_timeout_s)
         async for chunk in stream:
             yield chunk
+
+    # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
+    def _native_model(self) -> tuple[LlamaEngine, NativeModel]:
+        from backends.llama_cpp.batched import BatchedEngine
+
+        engine = self._require_engine()
+        if not isinstance(engine, BatchedEngine):
+            raise self._cannot("reach its native model")
+        return engine, engine.native
+
+    def _embedder_for(self, engine: LlamaEngine, native: NativeModel) -> Embedder:
+        from backends.llama_cpp.batched import _usable_cpus
+        from backends.llama_cpp.embedding import EmbedConfig, Embedder, resolve_pooling
+
+        # A restarted engine has a new native model; the old embedder was closed with the old one.
+        if self._embedder is None or self._embedder.native is not native:
+            pooling = resolve_pooling(self._opts.embedding_pooling, engine.metadata)
+            threads = self._opts.n_threads or _usable_cpus()
+            self._embedder = Embedder(native, EmbedConfig(engine.n_ctx, threads, self._opts.flash_attn, pooling))
+        return self._embedder
+
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        engine, native = self._native_model()
+        embedder = self._embedder_for(engine, native)
+        check_dimensions(req.dimensions, embedder.size)
+
+        def tokenize(text: str) -> list[int]:
+            return native.tokenize(text, add_special=True)  # BOS/EOS as the model's GGUF asks
+
+        # Off the event loop: a batch of long texts takes a while to tokenize (thread-safe).
+        tokens = await asyncio.to_thread(input_tokens, req.inputs, tokenize, n_vocab=native.n_vocab)
+        check_input_lengths(tokens, n_ctx=engine.n_ctx, cap=req.max_input_tokens)
+        vectors = await embedder.embed(tokens)
+        return EmbeddingResult(tuple(vectors), sum(len(t) for t in tokens))
+
+    async def tokenize(self, req: TokenizeRequest) -> TokenizeResult:
+        _, native = self._native_model()
+        text = req.prompt if req.messages is None else self._render_for_tokenize(req, req.messages)
+        assert text is not None
+        tokens = await asyncio.to_thread(native.tokenize, text, add_special=req.add_special_tokens)
+        strs = tuple(native.token_text(t) for t in tokens) if req.return_token_strs else None
+        return TokenizeResult(tuple(tokens), strs)
+
+    def _render_for_tokenize(self, req: TokenizeRequest, messages: tuple[Message, ...]) -> str:
+        if self._template is None:
+            raise InvalidRequest(f"model {self.spec.id!r} has no chat template; send a prompt", param="messages")
+        if not req.continue_final_message:
+            return self._template.render(messages, add_generation_prompt=req.add_generation_prompt)
+        rendered = self._template.render(messages, add_generation_prompt=False)
+        return cut_after_final_message(rendered, messages[-1].content)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        _, native = self._native_model()
+        check_token_ids(tokens, native.n_vocab)
+        return await asyncio.to_thread(native.detokenize, tokens)
 
 
 def _check_context(tokens: list[int], req: GenerationRequest, n_ctx: int) -> None:

@@ -145,6 +145,11 @@ class BatchedEngine:
         """Tokens sampled since start, all requests together (a server-side progress counter)."""
         return self._scheduler.generated
 
+    @property
+    def native(self) -> NativeModel:
+        """The native model, for the embedding context built on the same weights."""
+        return self._native
+
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return self._native.tokenize(text, add_special=add_special)
 

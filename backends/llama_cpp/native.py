@@ -10,13 +10,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
 
-from backends.errors import BackendStartupError, BackendUnavailable, ConfigError
+from backends.errors import BackendStartupError, BackendUnavailable, ConfigError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class NativeModel:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._closed = False
         self._close_lock = threading.Lock()
+        self._close_hooks: list[Callable[[], None]] = []
 
     @property
     def ctx(self) -> Any:
@@ -184,6 +186,10 @@ class NativeModel:
         return bool(lc.llama_memory_seq_rm(self.memory, seq_id, p0, -1))
 
     def close(self) -> None:
+        # Contexts others built on this model (the embedding context) are freed before it; outside
+        # the lock, as a hook may wait for an embedding in flight that tokenizes.
+        while self._close_hooks:
+            self._close_hooks.pop()()
         with self._close_lock:
             if self._closed:
                 return
@@ -191,6 +197,36 @@ class NativeModel:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self._ctx)
             lc.llama_model_free(self._model)
+
+    # ---- for the embedding context and /detokenize ----
+    @property
+    def model(self) -> Any:
+        """The ``llama_model`` pointer; another context may share it (weights are read-only)."""
+        return self._model
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` at the start of ``close()``, before the model is freed."""
+        self._close_hooks.append(hook)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of ``tokens``, special tokens written out (as Hugging Face's ``decode`` does);
+        ids are checked against the vocabulary first, llama.cpp does not check them."""
+        bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"token id {bad} is not in this model's vocabulary (0..{self.n_vocab - 1})", param="tokens"
+            )
+        ids = (lc.llama_token * max(1, len(tokens)))(*tokens)
+        cap = 8 * len(tokens) + 16
+        with self._close_lock:
+            if self._closed:
+                raise BackendUnavailable("the llama.cpp engine is closed")
+            while True:
+                buf = ctypes.create_string_buffer(cap)
+                n = lc.llama_detokenize(self.vocab, ids, len(tokens), buf, cap, False, True)
+                if n >= 0:
+                    return buf.raw[:n].decode("utf-8", errors="replace")
+                cap = -n
 
 
 def _read_str(call: Any) -> str:

@@ -30,6 +30,8 @@ class LlamaCppOptions(BackendOptions):
     cache_type_v: KvType = "f16"
     max_queue: int = Field(default=64, ge=0)  # requests allowed to wait; past it: 429
     chat_template: str | None = None  # overrides the GGUF's tokenizer.chat_template
+    # /v1/embeddings pooling: "model" = what the GGUF declares (embedding models do), else mean.
+    embedding_pooling: Literal["model", "mean", "cls", "last"] = "model"
 
     @model_validator(mode="after")
     def _consistent(self) -> LlamaCppOptions:

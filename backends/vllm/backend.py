@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from backends.base import Backend
+from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult, check_token_ids
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
     ContextLengthExceeded,
     InvalidRequest,
+    UnsupportedParameter,
 )
 from backends.types import (
     BackendInfo,
@@ -336,3 +338,42 @@ class VllmBackend(Backend):
                 f"this model's maximum context length is {limit} tokens; the request needs {wanted} ({detail})",
                 param=param,
             )
+
+    # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        # One vLLM engine is either a generation engine or a pooling one (runner="pooling"); an
+        # embedding would need a second engine holding a second copy of the weights.
+        raise UnsupportedParameter(
+            f"model {self.spec.id!r} runs on a vLLM generation engine, which cannot compute embeddings "
+            "(vLLM pools only in an engine started as a pooling model); serve a GGUF for /v1/embeddings.",
+            param="model",
+        )
+
+    async def tokenize(self, req: TokenizeRequest) -> TokenizeResult:
+        self._require_engine()
+        tok = self._tokenizer
+        text = req.prompt
+        if req.messages is not None:
+            messages = [
+                {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
+            ]
+            try:
+                text = tok.apply_chat_template(
+                    messages,
+                    add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+                    continue_final_message=req.continue_final_message,
+                    tokenize=False,
+                )
+            except Exception as exc:
+                raise InvalidRequest(
+                    f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
+                ) from None
+        ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)
+        strs = tuple(tok.convert_ids_to_tokens(ids)) if req.return_token_strs else None
+        return TokenizeResult(tuple(int(t) for t in ids), strs)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        self._require_engine()
+        tok = self._tokenizer
+        check_token_ids(tokens, len(tok))  # len(): the vocabulary with its added tokens
+        return str(await asyncio.to_thread(tok.decode, tokens))

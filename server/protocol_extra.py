@@ -1,0 +1,97 @@
+"""Request models of /v1/embeddings (OpenAI's) and /tokenize, /detokenize (vLLM's field names,
+so vLLM clients work unchanged). Validation failures become 400s naming the field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backends.embeddings import EmbeddingInput
+from backends.errors import InvalidRequest, UnsupportedParameter
+from server.protocol import ChatMessage
+
+# OpenAI's own limit on inputs in one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingBody(_Strict):
+    model: str = Field(min_length=1)
+    # A text, texts, one tokenized text, or several (OpenAI's four shapes).
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None  # accepted, as OpenAI does; nothing to do with it locally
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, value: str | list[str] | list[int] | list[list[int]]) -> Any:
+        items = _items(value)
+        if not items:
+            raise ValueError("must not be empty")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed per request, got {len(items)}")
+        for i, item in enumerate(items):
+            if not item:
+                raise ValueError(f"input[{i}] is empty; every input must contain text or tokens")
+        return value
+
+    def inputs(self) -> tuple[EmbeddingInput, ...]:
+        return tuple(item if isinstance(item, str) else tuple(item) for item in _items(self.input))
+
+
+def _items(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [value]  # one tokenized input
+    return value  # type: ignore[return-value]
+
+
+# vLLM fields this server does not implement: refused by name when set, never ignored.
+TOKENIZE_UNSUPPORTED = ("chat_template", "chat_template_kwargs", "tools", "media_io_kwargs", "mm_processor_kwargs")
+_CHAT_ONLY = ("add_generation_prompt", "continue_final_message")
+
+
+class TokenizeBody(_Strict):
+    """vLLM's TokenizeCompletionRequest and TokenizeChatRequest in one: ``prompt`` or ``messages``."""
+
+    model: str | None = None  # vLLM's clients may leave it out; fine when one model is served
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    # vLLM's defaults: special tokens (BOS) for a prompt; none on top of a chat template.
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    return_token_strs: bool | None = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    media_io_kwargs: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+
+    def check(self) -> None:
+        """Cross-field rules, raised with the field they concern (a model validator cannot name it)."""
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequest("Send exactly one of 'prompt' and 'messages'.", param="prompt")
+        for field in TOKENIZE_UNSUPPORTED:
+            if getattr(self, field) is not None:
+                raise UnsupportedParameter(f"'{field}' is not supported by this server's /tokenize.", param=field)
+        if self.prompt is not None:
+            for field in _CHAT_ONLY:
+                if getattr(self, field) is not None:
+                    raise InvalidRequest(f"'{field}' applies to 'messages' only.", param=field)
+        if self.add_generation_prompt and self.continue_final_message:
+            raise InvalidRequest(
+                "Cannot set both 'continue_final_message' and 'add_generation_prompt' to true.",
+                param="continue_final_message",
+            )
+
+
+class DetokenizeBody(_Strict):
+    model: str | None = None
+    tokens: list[int]
