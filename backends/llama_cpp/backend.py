@@ -21,7 +21,13 @@ from backends.embeddings import (
     cut_after_final_message,
     input_tokens,
 )
-from backends.errors import BackendStartupError, BackendUnavailable, ContextLengthExceeded, InvalidRequest
+from backends.errors import (
+    BackendStartupError,
+    BackendUnavailable,
+    ContextLengthExceeded,
+    InvalidRequest,
+    UnsupportedParameter,
+)
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
 from backends.types import (
@@ -33,6 +39,7 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
+    ToolCallConstraint,
 )
 
 if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
@@ -155,16 +162,32 @@ class LlamaCppBackend(Backend):
                     f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
                     param="messages",
                 )
+            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
+            text = self._template.render(req.messages, tools=req.tools, tools_required=required)
             # The rendered template already holds any BOS it wants; parse its special tokens.
-            return engine.tokenize(self._template.render(req.messages), add_special=False)
+            return engine.tokenize(text, add_special=False)
         assert req.prompt is not None
-        return engine.tokenize(req.prompt, add_special=True)
+        if req.suffix is None:
+            return engine.tokenize(req.prompt, add_special=True)
+        fim = engine.fim_tokens
+        if fim is None:
+            raise UnsupportedParameter(
+                f"model {self.spec.id!r} has no fill-in-the-middle tokens, so 'suffix' cannot be honoured",
+                param="suffix",
+            )
+        # The model's own FIM layout (prefix, suffix, then the middle it is to write), as llama-server builds it.
+        prefix = engine.tokenize(req.prompt, add_special=True)
+        bos = prefix[:1] if prefix and engine.tokenize("", add_special=True) == prefix[:1] else []
+        body = prefix[len(bos) :]
+        return [*bos, fim[0], *body, fim[1], *engine.tokenize(req.suffix, add_special=False), fim[2]]
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
         tokens = self.tokenize_request(req)
         _check_context(tokens, req, engine.n_ctx)
-        stream = engine.generate(req.request_id, tokens, req.sampling, queue_timeout_s=req.queue_timeout_s)
+        stream = engine.generate(
+            req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
+        )
         async for chunk in stream:
             yield chunk
 

@@ -30,6 +30,7 @@ from backends.errors import (
     InvalidRequest,
     UnsupportedParameter,
 )
+from backends.tools import openai_tools, template_messages
 from backends.types import (
     BackendInfo,
     Device,
@@ -39,6 +40,7 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
+    ToolCallConstraint,
 )
 from backends.vllm.convert import EngineCounts, stat_logger_factory, to_chunk, to_vllm_sampling, translate_error
 from backends.vllm.options import VllmOptions, cpu_environment, engine_kwargs
@@ -277,7 +279,9 @@ class VllmBackend(Backend):
         engine = self._require_engine()
         prompt_ids = self._encode(req)
         self._check_context(len(prompt_ids), req.sampling.max_tokens, param="messages" if req.messages else "prompt")
-        params = to_vllm_sampling(req.sampling)
+        if req.suffix is not None:
+            raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
+        params = to_vllm_sampling(req.sampling, req.constraint)
         from vllm.inputs import TokensPrompt
 
         try:
@@ -317,11 +321,12 @@ class VllmBackend(Backend):
     def _encode(self, req: GenerationRequest) -> list[int]:
         tok = self._tokenizer
         if req.messages is not None:
-            messages = [
-                {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
-            ]
+            native = "tools" in str(getattr(tok, "chat_template", "") or "")
+            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
+            messages = template_messages(req.messages, req.tools, native=native, required=required)
+            extra = {"tools": openai_tools(req.tools)} if req.tools and native else {}
             try:
-                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
             except Exception as exc:
                 raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
             return list(tok.encode(text, add_special_tokens=False))
