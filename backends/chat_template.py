@@ -10,7 +10,8 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backends.errors import InvalidRequest
-from backends.types import Message
+from backends.tools import openai_tools, template_messages
+from backends.types import Message, ToolDef
 
 
 def _raise(message: str) -> NoReturn:
@@ -26,9 +27,19 @@ class ChatTemplate:
         self._template = env.from_string(source)
         self._bos = bos_token
         self._eos = eos_token
+        # A template that mentions tools renders them (and tool turns) itself.
+        self.native_tools = "tools" in source
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True, **extra: Any) -> str:
-        payload = [_message_dict(m) for m in messages]
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDef] = (),
+        tools_required: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        payload = template_messages(messages, tools, native=self.native_tools, required=tools_required)
+        extra: dict[str, Any] = {"tools": openai_tools(tools)} if tools and self.native_tools else {}
         try:
             return self._template.render(
                 messages=payload,
@@ -39,10 +50,3 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"the model's chat template failed: {exc}", param="messages") from None
-
-
-def _message_dict(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.name is not None:
-        out["name"] = message.name
-    return out

@@ -43,6 +43,28 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    # (token id, bias) pairs added to the logits before sampling; -100/100 ban/force a token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made (arguments: a JSON text, as OpenAI carries it)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A function the client offers the model; ``parameters`` is its JSON schema (an object)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +72,33 @@ class Message:
     role: str
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallConstraint:
+    """Constrain the output to tool calls in the Hermes form every backend parses back
+    (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``).
+
+    ``required``: the output must be one or more calls (tool_choice "required" or a named
+    function; ``tools`` then holds only the allowed ones). Otherwise the model may answer in
+    text and the constraint applies only from the first ``<tool_call>`` on ("auto").
+    """
+
+    tools: tuple[ToolDef, ...]
+    required: bool
+    parallel: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConstraint:
+    """The output must be one JSON value: any object (``schema=None``) or one valid under ``schema``."""
+
+    schema: dict[str, Any] | None = None
+
+
+Constraint = ToolCallConstraint | JsonConstraint
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +111,12 @@ class GenerationRequest:
     prompt: str | None = None
     # An operator's cap below the context window (None: the context is the only limit).
     max_prompt_tokens: int | None = None
+    # Functions the prompt offers the model (rendered by the chat template or our tool preamble).
+    tools: tuple[ToolDef, ...] = ()
+    # Output the engine must enforce by constrained decoding (grammar / structured outputs).
+    constraint: Constraint | None = None
+    # Completions only: text that follows the insertion point (fill-in-the-middle).
+    suffix: str | None = None
     # Most seconds to wait for an engine slot (None: only the whole-request limit applies).
     queue_timeout_s: float | None = None
 
@@ -82,6 +137,23 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One sampled token's log-probability under the model, with the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationChunk:
     """A delta: new text since the previous chunk, never cumulative.
 
@@ -96,6 +168,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     queue_s: float | None = None
+    # One entry per sampled token of this chunk when the request asked for logprobs.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

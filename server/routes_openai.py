@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
+from server.choices import ChoiceState
 from server.deadline import with_deadline
 from server.deps import get_pool, get_settings
 from server.metrics import Metrics, get_metrics
@@ -19,8 +20,8 @@ from server.pool import ModelPool
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import Shape
 from server.settings import Settings
-from server.streaming import Generation, fold, sse_events
-from server.translate import chat_request, completion_request
+from server.streaming import fold, sse_events, start_all
+from server.translate import chat_request, choices, completion_request
 
 router = APIRouter(prefix="/v1")
 
@@ -38,18 +39,28 @@ async def _generate(
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     if isinstance(body, ChatCompletionRequest):
         req = chat_request(body, rid, limits, settings.max_messages)
+        wants_logprobs = bool(body.logprobs)
+        prefix = ""
     else:
         req = completion_request(body, rid, limits)
-    shape = Shape(id=rid, model=body.model, chat=chat)
+        wants_logprobs = body.logprobs is not None
+        prefix = req.prompt or "" if body.echo else ""
+    shape = Shape(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
+    # Each of the n choices is its own engine request (batched together by the engine).
     # deadline inside observe, so a timeout is counted like any other failure
-    chunks = observe(metrics, backend, endpoint, with_deadline(backend.generate(req), limits.request_timeout_s))
-    gen = await Generation.start(chunks)
+    streams = [
+        observe(metrics, backend, endpoint, with_deadline(backend.generate(r), limits.request_timeout_s))
+        for r in choices(req, body.n or 1)
+    ]
+    gens = await start_all(streams)
+    tool_names = frozenset(t.name for t in req.tools) if req.constraint is not None else frozenset()
+    states = [ChoiceState(i, tool_names, prefix) for i in range(len(gens))]
     if not body.stream:
-        return JSONResponse(await fold(gen, shape))
+        return JSONResponse(await fold(gens, states, shape))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
-        sse_events(gen, shape, include_usage=include_usage),
+        sse_events(gens, states, shape, include_usage=include_usage),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 
-from backends.types import GenerationChunk, Usage
+from backends.types import GenerationChunk
+from server.choices import ChoiceState, total_usage
 from server.errors import sse_error_payload
 from server.responses import Shape
 
@@ -53,7 +55,66 @@ class Generation:
         await _close(self._rest)
 
 
-async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
+async def start_all(streams: Sequence[AsyncIterator[GenerationChunk]]) -> list[Generation]:
+    """Start every choice's generation at once (so they are batched together, not one after
+    another); if any fails before its first chunk, close the rest and raise that error."""
+    if len(streams) == 1:
+        return [await Generation.start(streams[0])]
+    results = await asyncio.gather(*(Generation.start(s) for s in streams), return_exceptions=True)
+    gens = [r for r in results if isinstance(r, Generation)]
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        for gen in gens:
+            await gen.close()
+        raise failure
+    return gens
+
+
+async def merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """(choice index, chunk) from every generation, in arrival order.
+
+    One choice needs no helper tasks. Several are each pumped by a task into one queue; closing
+    this iterator cancels the pumps (which closes their engine streams) before returning.
+    """
+    if len(gens) == 1:
+        try:
+            async for chunk in gens[0].chunks():
+                yield 0, chunk
+        finally:
+            await gens[0].close()
+        return
+    queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, gen: Generation) -> None:
+        try:
+            async for chunk in gen.chunks():
+                queue.put_nowait((i, chunk))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        open_ = len(gens)
+        while open_:
+            i, item = await queue.get()
+            if item is None:
+                open_ -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for gen in gens:
+                await gen.close()
+
+
+async def _close(chunks: AsyncIterator[Any]) -> None:
     # Shielded: when the client has gone, anyio keeps re-cancelling this task, and the engine
     # must still get to free the request's slot.
     aclose = getattr(chunks, "aclose", None)
@@ -62,43 +123,40 @@ async def _close(chunks: AsyncIterator[GenerationChunk]) -> None:
             await aclose()
 
 
-async def sse_events(gen: Generation, shape: Shape, *, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    """role chunk -> content deltas -> finish chunk -> optional usage chunk -> [DONE]."""
+async def sse_events(
+    gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, *, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """role chunks -> deltas (content, tool calls) -> finish chunks -> optional usage -> [DONE]."""
 
     def frame(body: dict[str, Any]) -> dict[str, Any]:
         return {"data": json.dumps(body, ensure_ascii=False)}
 
+    stream = merged(gens)
     try:
         if shape.chat:
-            yield frame(shape.chunk(role=True, include_usage=include_usage))
-        usage: Usage | None = None
-        async for chunk in gen.chunks():
-            if chunk.text:
-                yield frame(shape.chunk(chunk.text, include_usage=include_usage))
-            if chunk.finish_reason is not None:
-                usage = chunk.usage
-                yield frame(shape.chunk(finish_reason=chunk.finish_reason, include_usage=include_usage))
+            for state in states:
+                yield frame(shape.role_chunk(state.index, include_usage=include_usage))
+        async for i, chunk in stream:
+            state = states[i]
+            for body in shape.delta_chunks(state, state.feed(chunk), include_usage=include_usage):
+                yield frame(body)
         if include_usage:
-            yield frame(shape.usage_chunk(usage))
+            yield frame(shape.usage_chunk(total_usage(list(states))))
     except Exception as exc:
         # The 200 is already on the wire: report the failure in-band, then end the stream.
         log.exception("stream %s failed after its first token", shape.id)
         yield {"data": sse_error_payload(exc)}
     finally:
-        await gen.close()
+        await _close(stream)
     yield {"data": DONE}
 
 
-async def fold(gen: Generation, shape: Shape) -> dict[str, Any]:
-    """A non-streamed response is the same stream, collected."""
-    parts: list[str] = []
-    finish: str | None = None
-    usage: Usage | None = None
+async def fold(gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape) -> dict[str, Any]:
+    """A non-streamed response is the same streams, collected."""
+    stream = merged(gens)
     try:
-        async for chunk in gen.chunks():
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                finish, usage = chunk.finish_reason, chunk.usage
+        async for i, chunk in stream:
+            states[i].feed(chunk)
     finally:
-        await gen.close()
-    return shape.full("".join(parts), finish, usage)
+        await _close(stream)
+    return shape.full(states, total_usage(list(states)))

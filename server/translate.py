@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from backends.errors import InvalidRequest, UnsupportedParameter
-from backends.types import GenerationRequest, Message, SamplingParams
+from backends.types import (
+    Constraint,
+    GenerationRequest,
+    JsonConstraint,
+    Message,
+    SamplingParams,
+    ToolCall,
+    ToolCallConstraint,
+    ToolDef,
+)
 from server.pool import ModelLimits
-from server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    JsonObjectFormat,
+    JsonSchemaResponseFormat,
+    NamedToolChoice,
+    _SamplingFields,
+)
 
 # field -> predicate on its value saying "this asks for behaviour we do not have yet".
 _Check = Callable[[Any], bool]
@@ -16,19 +33,10 @@ _is_set: _Check = lambda v: v is not None  # noqa: E731
 _truthy: _Check = lambda v: bool(v)  # noqa: E731
 _more_than_one: _Check = lambda v: v is not None and v > 1  # noqa: E731
 
-_COMMON_UNSUPPORTED: dict[str, _Check] = {
-    "n": _more_than_one,
-    "logit_bias": _truthy,
-}
 _CHAT_UNSUPPORTED: dict[str, _Check] = {
-    **_COMMON_UNSUPPORTED,
-    "tools": _truthy,
-    "tool_choice": lambda v: v is not None and v != "none",
+    # The deprecated predecessors of tools/tool_choice: clients should send those.
     "functions": _truthy,
     "function_call": lambda v: v is not None and v != "none",
-    "response_format": lambda v: v is not None and v.get("type") != "text",
-    "logprobs": _truthy,
-    "top_logprobs": _truthy,
     "modalities": lambda v: v is not None and v != ["text"],
     "audio": _is_set,
     "prediction": _is_set,
@@ -36,10 +44,6 @@ _CHAT_UNSUPPORTED: dict[str, _Check] = {
     "web_search_options": _is_set,
 }
 _COMPLETION_UNSUPPORTED: dict[str, _Check] = {
-    **_COMMON_UNSUPPORTED,
-    "echo": _truthy,
-    "suffix": _truthy,
-    "logprobs": _is_set,
     "best_of": _more_than_one,
 }
 
@@ -52,7 +56,29 @@ def _refuse_unsupported(req: _SamplingFields, table: dict[str, _Check]) -> None:
             )
 
 
-def _sampling(req: _SamplingFields, max_tokens: int | None) -> SamplingParams:
+def _logit_bias(req: _SamplingFields) -> tuple[tuple[int, float], ...]:
+    return tuple((int(k), v) for k, v in (req.logit_bias or {}).items())
+
+
+def choices(req: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """``n`` independent generations of one request (OpenAI's ``n``), each its own engine request.
+
+    With a client seed, choice i uses seed + i: reproducible, yet the choices differ.
+    """
+    if n == 1:
+        return [req]
+    seed = req.sampling.seed
+    return [
+        dataclasses.replace(
+            req,
+            request_id=f"{req.request_id}-{i}",
+            sampling=dataclasses.replace(req.sampling, seed=None if seed is None else (seed + i) % (2**32)),
+        )
+        for i in range(n)
+    ]
+
+
+def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None = None) -> SamplingParams:
     top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
     repeat = req.repeat_penalty if req.repeat_penalty is not None else req.repetition_penalty
     return SamplingParams(
@@ -67,6 +93,8 @@ def _sampling(req: _SamplingFields, max_tokens: int | None) -> SamplingParams:
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         repeat_penalty=1.0 if repeat is None else repeat,
+        logit_bias=_logit_bias(req),
+        logprobs=logprobs,
     )
 
 
@@ -89,22 +117,66 @@ def chat_request(
             f"The request has {len(req.messages)} messages; this server accepts at most {max_messages}.",
             param="messages",
         )
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true.", param="top_logprobs")
     messages = []
-    for i, msg in enumerate(req.messages):
-        if msg.role == "tool" or msg.tool_calls:
-            raise UnsupportedParameter(
-                "tool messages and tool_calls are not supported by this server yet.", param=f"messages.{i}"
-            )
+    for msg in req.messages:
         # "developer" is OpenAI's newer name for the system role; templates know "system".
         role = "system" if msg.role == "developer" else msg.role
-        messages.append(Message(role=role, content=msg.text(), name=msg.name))
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in msg.tool_calls or ())
+        messages.append(Message(role, msg.text(), msg.name, calls, msg.tool_call_id))
+    tools, constraint = _tools_and_constraint(req)
     return GenerationRequest(
         request_id=request_id,
-        sampling=_sampling(req, _max_tokens(req.wanted_tokens(), limits)),
+        sampling=_sampling(
+            req, _max_tokens(req.wanted_tokens(), limits), (req.top_logprobs or 0) if req.logprobs else None
+        ),
         messages=tuple(messages),
         max_prompt_tokens=limits.max_prompt_tokens,
         queue_timeout_s=limits.queue_timeout_s,
+        tools=tools,
+        constraint=constraint,
     )
+
+
+def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
+    """The tools the prompt shows and the output constraint, per OpenAI's tool_choice rules."""
+    fmt = req.response_format
+    json_constraint: Constraint | None = None
+    if isinstance(fmt, JsonObjectFormat):
+        json_constraint = JsonConstraint()
+    elif isinstance(fmt, JsonSchemaResponseFormat):
+        json_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+    choice = req.tool_choice
+    if not req.tools:
+        if choice is not None and choice != "none":
+            raise InvalidRequest("tool_choice is only allowed when tools are given.", param="tool_choice")
+        return (), json_constraint
+    defs = tuple(
+        ToolDef(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
+        for t in req.tools
+    )
+    names = [d.name for d in defs]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools must have distinct function names.", param="tools")
+    if choice == "none":
+        return (), json_constraint  # OpenAI: the model will not call a tool, so it need not see them
+    if json_constraint is not None:
+        raise UnsupportedParameter(
+            "response_format cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
+            param="response_format",
+        )
+    parallel = req.parallel_tool_calls is not False
+    if isinstance(choice, NamedToolChoice):
+        chosen = [d for d in defs if d.name == choice.function.name]
+        if not chosen:
+            raise InvalidRequest(
+                f"tool_choice names function {choice.function.name!r}, which is not among the tools "
+                f"({', '.join(names)}).",
+                param="tool_choice",
+            )
+        return defs, ToolCallConstraint(tuple(chosen), required=True, parallel=False)
+    return defs, ToolCallConstraint(defs, required=choice == "required", parallel=parallel)
 
 
 def completion_request(
@@ -121,14 +193,20 @@ def completion_request(
             raise UnsupportedParameter(
                 "only a single string prompt is supported yet (no batches, no token-id prompts).", param="prompt"
             )
+    if req.echo and req.logprobs is not None:
+        # OpenAI then also scores the prompt's own tokens, which our engines do not compute.
+        raise UnsupportedParameter("echo together with logprobs is not supported; send one of them.", param="echo")
+    if req.echo and req.suffix:
+        raise InvalidRequest("echo and suffix cannot be combined.", param="suffix")
     wanted = req.max_tokens if "max_tokens" in req.model_fields_set else None
     max_tokens = _max_tokens(wanted, limits)
     if max_tokens is None:
         max_tokens = req.max_tokens  # OpenAI's default of 16 for completions
     return GenerationRequest(
         request_id=request_id,
-        sampling=_sampling(req, max_tokens),
+        sampling=_sampling(req, max_tokens, req.logprobs),
         prompt=prompt,
         max_prompt_tokens=limits.max_prompt_tokens,
         queue_timeout_s=limits.queue_timeout_s,
+        suffix=req.suffix or None,
     )

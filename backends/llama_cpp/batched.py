@@ -20,11 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from backends.errors import ConfigError, ContextLengthExceeded, InvalidRequest
+from backends.llama_cpp import grammar as gr
+from backends.llama_cpp import sampling as smp
 from backends.llama_cpp.admission import RequestGate
 from backends.llama_cpp.native import ContextConfig, NativeModel
 from backends.llama_cpp.scheduler import Scheduler
 from backends.llama_cpp.slots import RequestHandle
-from backends.types import EngineStats, GenerationChunk, SamplingParams, Usage
+from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +148,14 @@ class BatchedEngine:
         return self._scheduler.generated
 
     @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return self._native.fim_tokens()
+
+    @property
+    def n_vocab(self) -> int:
+        return self._native.n_vocab
+
+    @property
     def native(self) -> NativeModel:
         """The native model, for the embedding context built on the same weights."""
         return self._native
@@ -153,19 +163,36 @@ class BatchedEngine:
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return self._native.tokenize(text, add_special=add_special)
 
+    def _grammar(self, constraint: Constraint | None) -> gr.Grammar | None:
+        """The constraint as a grammar, compiled once here so a bad one fails before queueing."""
+        if constraint is None:
+            return None
+        grammar = gr.build(constraint)
+        smp.free_chain(gr.sampler(grammar, self._native.vocab))
+        return grammar
+
     async def generate(
         self,
         request_id: str,
         prompt_tokens: list[int],
         sampling: SamplingParams,
+        constraint: Constraint | None = None,
         *,
         queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         limit = self._completion_limit(prompt_tokens, sampling)
+        for token, _ in sampling.logit_bias:
+            if not 0 <= token < self._native.n_vocab:
+                raise InvalidRequest(
+                    f"logit_bias names token {token}; this model's token ids are 0..{self._native.n_vocab - 1}",
+                    param="logit_bias",
+                )
+        grammar = self._grammar(constraint)
         if limit == 0:
             yield GenerationChunk(finish_reason="length", usage=Usage(len(prompt_tokens), 0))
             return
-        req = RequestHandle(request_id, list(prompt_tokens), sampling, limit, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        req = RequestHandle(request_id, list(prompt_tokens), sampling, limit, loop, grammar)
         # Raises before the first yield: the HTTP layer can still answer 429/503.
         self._gate.submit(req, queue_timeout_s=queue_timeout_s)
         try:
@@ -180,16 +207,17 @@ class BatchedEngine:
                 text = "".join(c.text for c in chunks)
                 tokens = carried + sum(c.tokens for c in chunks)
                 queue_s = next((c.queue_s for c in chunks if c.queue_s is not None), queue_s)
+                logprobs: tuple[TokenLogprob, ...] = sum((c.logprobs for c in chunks), ())
                 last = chunks[-1] if chunks else None
                 if last is not None and last.finish_reason is not None:
                     req.done = True
-                    yield GenerationChunk(text, tokens, last.finish_reason, last.usage, queue_s)
+                    yield GenerationChunk(text, tokens, last.finish_reason, last.usage, queue_s, logprobs)
                     return
                 if error is not None:
                     req.done = True
                     raise error
                 if text:
-                    yield GenerationChunk(text, tokens, queue_s=queue_s)
+                    yield GenerationChunk(text, tokens, queue_s=queue_s, logprobs=logprobs)
                     carried, queue_s = 0, None
                 else:
                     carried = tokens

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
-from backends.types import EngineStats, GenerationChunk, SamplingParams
+from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
 
 
 class LlamaEngine(Protocol):
@@ -38,6 +38,14 @@ class LlamaEngine(Protocol):
         ...
 
     @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) fill-in-the-middle token ids, None if the model has none."""
+        ...
+
+    @property
+    def n_vocab(self) -> int: ...
+
+    @property
     def alive(self) -> bool:
         """Whether the engine can still run requests (its thread has not died)."""
         ...
@@ -52,10 +60,13 @@ class LlamaEngine(Protocol):
         request_id: str,
         prompt_tokens: list[int],
         sampling: SamplingParams,
+        constraint: Constraint | None = None,
         *,
         queue_timeout_s: float | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream deltas for one request. The prompt is already known to fit ``n_ctx``.
+
+        ``constraint`` is enforced by a grammar; one that cannot compile raises ``InvalidRequest``.
 
         The last chunk has ``finish_reason`` and ``usage``. Closing the iterator frees the
         request's slot and KV cells. Queue-full raises ``Overloaded`` before the first yield;

@@ -125,6 +125,14 @@ class NativeModel:
         raw = lc.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        ids = (
+            lc.llama_vocab_fim_pre(self.vocab),
+            lc.llama_vocab_fim_suf(self.vocab),
+            lc.llama_vocab_fim_mid(self.vocab),
+        )
+        return None if min(ids) < 0 else (int(ids[0]), int(ids[1]), int(ids[2]))
+
     def bos_eos(self) -> tuple[int, int]:
         return int(lc.llama_vocab_bos(self.vocab)), int(lc.llama_vocab_eos(self.vocab))
 

@@ -7,12 +7,17 @@ of decode speed on small models).
 
 from __future__ import annotations
 
+import ctypes
+import math
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
-from backends.types import SamplingParams
+from backends.llama_cpp import grammar as gr
+from backends.types import SamplingParams, TokenLogprob, TopLogprob
 
 # llama-server's default window for repetition penalties.
 PENALTY_LAST_N = 64
@@ -29,15 +34,21 @@ def _has_penalties(p: SamplingParams) -> bool:
     return p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
 
 
-def build_chain(p: SamplingParams, *, n_vocab: int, seed: int) -> Any:
+def build_chain(p: SamplingParams, *, vocab: Any, n_vocab: int, seed: int, grammar: gr.Grammar | None = None) -> Any:
     """A sampler chain in llama.cpp's usual order; neutral stages are left out so they cost nothing.
 
-    The caller owns the result and frees it with ``free_chain``.
+    Logit bias and the grammar come first, so every later stage (and greedy) only ever sees
+    tokens the client allows. The caller owns the result and frees it with ``free_chain``.
     """
     chain_params = lc.llama_sampler_chain_default_params()
     chain_params.no_perf = True
     chain = lc.llama_sampler_chain_init(chain_params)
     stages: list[Any] = []
+    if p.logit_bias:
+        biases = (lc.llama_logit_bias * len(p.logit_bias))(*(lc.llama_logit_bias(t, b) for t, b in p.logit_bias))
+        stages.append(lc.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases))
+    if grammar is not None:
+        stages.append(gr.sampler(grammar, vocab))
     if _has_penalties(p):
         stages.append(
             lc.llama_sampler_init_penalties(
@@ -75,3 +86,36 @@ def sample(chain: Any, ctx: Any, batch_index: int) -> int:
 
 def free_chain(chain: Any) -> None:
     lc.llama_sampler_free(chain)
+
+
+def token_logprobs(
+    ctx: Any, batch_index: int, token: int, k: int, n_vocab: int, piece: Callable[[int], bytes]
+) -> TokenLogprob:
+    """The sampled token's log-probability under the model's raw distribution (before
+    temperature, penalties, bias or grammar, as OpenAI and vLLM report it) and the ``k`` most
+    likely tokens. Costs one pass over the vocabulary, so only requests that ask pay it."""
+    row = np.ctypeslib.as_array(
+        ctypes.cast(lc.llama_get_logits_ith(ctx, batch_index), ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
+    )
+    peak = float(row.max())
+    log_z = peak + math.log(float(np.exp(row - peak, dtype=np.float64).sum()))
+    top: tuple[TopLogprob, ...] = ()
+    if k > 0:
+        best = np.argpartition(-row, k - 1)[:k]
+        best = best[np.argsort(-row[best], kind="stable")]
+        top = tuple(_top(int(t), float(row[t]) - log_z, piece) for t in best)
+    data = piece(token)
+    return TokenLogprob(_text(data), float(row[token]) - log_z, data, top)
+
+
+def _top(token: int, logprob: float, piece: Callable[[int], bytes]) -> TopLogprob:
+    data = piece(token)
+    return TopLogprob(_text(data), logprob, data)
+
+
+def _text(data: bytes) -> str:
+    # A token may hold part of a UTF-8 character; OpenAI then shows the bytes escaped.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"\\x{b:02x}" if b >= 0x80 else chr(b) for b in data)

@@ -19,7 +19,7 @@ from backends.llama_cpp.admission import RequestGate
 from backends.llama_cpp.native import NativeModel
 from backends.llama_cpp.slots import Active, Item, RequestHandle, Slot, deliver, pick_slot
 from backends.textstream import TextStream
-from backends.types import FinishReason, GenerationChunk, Usage
+from backends.types import FinishReason, GenerationChunk, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class Scheduler:
                 reuse = 0
             del slot.kv[reuse:]
             p = req.sampling
-            chain = smp.build_chain(p, n_vocab=self._native.n_vocab, seed=smp.request_seed(p))
+            chain = smp.build_chain(
+                p, vocab=self._native.vocab, n_vocab=self._native.n_vocab, seed=smp.request_seed(p), grammar=req.grammar
+            )
             smp.prime_penalties(chain, p, req.prompt)
             self._admissions += 1
             now = time.monotonic()
@@ -167,6 +169,11 @@ class Scheduler:
             return
         a.n_generated += 1
         self.generated += 1
+        k = a.req.sampling.logprobs
+        if k is not None:
+            a.logprobs.append(
+                smp.token_logprobs(self._native.ctx, a.batch_index, token, k, self._native.n_vocab, self._bytes)
+            )
         text = a.text.feed(data)
         if a.text.stopped:
             self._finish(slot, a, text, 1, "stop", outbox)
@@ -174,12 +181,27 @@ class Scheduler:
             self._finish(slot, a, text + a.text.flush(), 1, "length", outbox)
         else:
             a.next_token = token
-            outbox.setdefault(a.req.loop, []).append((a.req, GenerationChunk(text, 1, queue_s=a.queue_s)))
+            chunk = GenerationChunk(text, 1, queue_s=a.queue_s, logprobs=self._take_logprobs(a, text))
+            outbox.setdefault(a.req.loop, []).append((a.req, chunk))
             a.queue_s = None
+
+    def _bytes(self, token: int) -> bytes:
+        return self._native.piece(token)[0]
+
+    @staticmethod
+    def _take_logprobs(a: Active, text: str) -> tuple[TokenLogprob, ...]:
+        # Entries travel with the text they explain; while text is held back, so are they.
+        if not a.logprobs or not text:
+            return ()
+        out = tuple(a.logprobs)
+        a.logprobs.clear()
+        return out
 
     def _finish(self, slot: Slot, a: Active, text: str, tokens: int, reason: FinishReason, outbox: Outbox) -> None:
         usage = Usage(len(a.req.prompt), a.n_generated, a.n_cached)
-        chunk = GenerationChunk(text, tokens, reason, usage, queue_s=a.queue_s)
+        logprobs = tuple(a.logprobs)
+        a.logprobs.clear()
+        chunk = GenerationChunk(text, tokens, reason, usage, queue_s=a.queue_s, logprobs=logprobs)
         outbox.setdefault(a.req.loop, []).append((a.req, chunk))
         logger.debug("request %s finished (%s, %d tokens)", a.req.request_id, reason, a.n_generated)
         self._release(slot, keep_kv=self._prefix_cache)

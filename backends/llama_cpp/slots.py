@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends.llama_cpp.grammar import Grammar
 from backends.textstream import TextStream
-from backends.types import GenerationChunk, SamplingParams
+from backends.types import GenerationChunk, SamplingParams, TokenLogprob
 
 Item = GenerationChunk | BaseException
 
@@ -27,6 +28,7 @@ class RequestHandle:
         "cancelled",
         "counted",
         "done",
+        "grammar",
         "inbox",
         "limit",
         "loop",
@@ -44,10 +46,12 @@ class RequestHandle:
         sampling: SamplingParams,
         limit: int,
         loop: asyncio.AbstractEventLoop,
+        grammar: Grammar | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.sampling = sampling
+        self.grammar = grammar  # already checked to compile, so the engine thread cannot fail on it
         self.limit = limit  # most completion tokens: max_tokens capped by the room left in n_ctx
         self.loop = loop
         self.submitted = time.monotonic()  # queue time = admission - this
@@ -98,6 +102,8 @@ class Active:
     queue_s: float | None = None  # reported once, on the request's first chunk, then None
     next_token: int = -1  # sampled token still to be decoded; -1 while the prompt is prefilling
     batch_index: int = -1  # where this step's logits for the request are, -1 if none
+    # Logprobs of tokens whose text the TextStream still holds back, sent with that text.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)

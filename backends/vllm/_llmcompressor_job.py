@@ -60,6 +60,18 @@ def build_recipe(scheme: str, method: str, group_size: int) -> list[Any]:
     return [AWQModifier(), QuantizationModifier(ignore=["lm_head"], **config)]
 
 
+def skip_pinning_without_accelerator() -> None:
+    """llm-compressor 0.14's AWQ pins cached activations for faster host-to-device copies; with
+    no accelerator torch refuses to pin ("Cannot access accelerator device"), so on a CPU-only
+    machine pinning is skipped (it only ever helped the copy to a GPU)."""
+    import torch  # type: ignore[import-not-found, unused-ignore]
+    from llmcompressor.pipelines.cache import IntermediatesCache  # type: ignore[import-not-found, unused-ignore]
+
+    if torch.cuda.is_available() or not hasattr(IntermediatesCache, "_pin_intermediate"):
+        return
+    IntermediatesCache._pin_intermediate = classmethod(lambda cls, intermediate: None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--src", type=Path, required=True)
@@ -85,6 +97,8 @@ def main() -> None:
     encoded = tokenizer(texts, truncation=True, max_length=args.max_seq_length, add_special_tokens=False)
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     logger.info("calibrating on %d samples (%d tokens)", len(texts), sum(len(i) for i in encoded["input_ids"]))
+    if args.method == "awq":
+        skip_pinning_without_accelerator()
 
     oneshot(
         model=model,

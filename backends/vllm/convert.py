@@ -6,10 +6,21 @@ except ``EngineCounts``, which one backend owns.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from backends import tools as tl
 from backends.errors import BackendUnavailable, InvalidRequest, Overloaded
-from backends.types import FinishReason, GenerationChunk, SamplingParams, Usage
+from backends.types import (
+    Constraint,
+    FinishReason,
+    GenerationChunk,
+    JsonConstraint,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from backends.vllm.startup import describe
 
 # vLLM's finish reasons -> ours ("abort": the engine dropped it, e.g. on our own abort).
@@ -54,7 +65,35 @@ def stat_logger_factory(counts: EngineCounts) -> Any:
     return _CountsLogger
 
 
-def to_vllm_sampling(s: SamplingParams) -> Any:
+def structured_outputs(constraint: Constraint | None) -> Any:
+    """Our output constraint as vLLM structured outputs (xgrammar): JSON natively; tool calls
+    as a structural tag, so with tool_choice "auto" the text stays free until ``<tool_call>``."""
+    if constraint is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if isinstance(constraint, JsonConstraint):
+        # Compact JSON: free whitespace lets a small model indent itself into the token limit.
+        if constraint.schema is None:
+            return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=constraint.schema, disable_any_whitespace=True)
+    tag = {
+        "type": "tag",
+        "begin": f"{tl.OPEN}\n",
+        "content": {"type": "json_schema", "json_schema": tl.call_schema(constraint.tools)},
+        "end": f"\n{tl.CLOSE}",
+    }
+    if constraint.required:
+        # Nothing but calls: one or more tags, newline-separated.
+        fmt = {"type": "tags_with_separator", "tags": [tag], "separator": "\n", "at_least_one": True}
+    else:
+        # Free text until "<tool_call>", then a valid call.
+        fmt = {"type": "triggered_tags", "triggers": [tl.OPEN], "tags": [tag]}
+    fmt["stop_after_first"] = not constraint.parallel
+    return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt}))
+
+
+def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) -> Any:
     """Our sampling parameters as vLLM's, streaming deltas; invalid values -> ``InvalidRequest``."""
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -74,6 +113,9 @@ def to_vllm_sampling(s: SamplingParams) -> Any:
             repetition_penalty=s.repeat_penalty,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
+            logprobs=s.logprobs,
+            logit_bias=dict(s.logit_bias) or None,
+            structured_outputs=structured_outputs(constraint),
         )
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"invalid sampling parameters: {describe(exc)}") from None
@@ -86,15 +128,41 @@ def to_chunk(out: Any, prompt_tokens: int, completion_so_far: int) -> tuple[Gene
     """
     seq = out.outputs[0]
     new_tokens = len(seq.token_ids)
+    logprobs = _logprobs(seq)
     if not out.finished:
-        return GenerationChunk(text=seq.text, tokens=new_tokens), False
+        return GenerationChunk(text=seq.text, tokens=new_tokens, logprobs=logprobs), False
     usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_so_far + new_tokens,
         cached_tokens=int(out.num_cached_tokens or 0),
     )
     reason = _FINISH.get(str(seq.finish_reason), "stop")
-    return GenerationChunk(text=seq.text, tokens=new_tokens, finish_reason=reason, usage=usage), True
+    if reason == "stop" and seq.stop_reason is None and logprobs:
+        # Stopped by the end-of-sequence token: it is not part of the text, so (as on llama.cpp)
+        # it gets no logprobs entry; usage still counts it, as vLLM does.
+        logprobs = logprobs[:-1]
+    chunk = GenerationChunk(text=seq.text, tokens=new_tokens, finish_reason=reason, usage=usage, logprobs=logprobs)
+    return chunk, True
+
+
+def _logprobs(seq: Any) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token {token id: Logprob} maps (the sampled token plus the top-k, ranked) as ours.
+
+    vLLM reports raw model logprobs by default, the same quantity the llama.cpp backend reports.
+    """
+    if not seq.logprobs:
+        return ()
+    out = []
+    for token_id, options in zip(seq.token_ids, seq.logprobs, strict=False):
+        chosen = options[token_id]
+        ranked = sorted(((lp.rank, tid, lp) for tid, lp in options.items() if lp.rank is not None), key=lambda r: r[0])
+        top = tuple(TopLogprob(_tok(lp), float(lp.logprob), _tok(lp).encode()) for _, _, lp in ranked)
+        out.append(TokenLogprob(_tok(chosen), float(chosen.logprob), _tok(chosen).encode(), top))
+    return tuple(out)
+
+
+def _tok(lp: Any) -> str:
+    return str(lp.decoded_token or "")
 
 
 def translate_error(model_id: str, exc: Exception, *, before_first: bool) -> Exception:

@@ -249,6 +249,7 @@ def default_fixtures(models_dir: Path = MODELS_DIR) -> dict[str, Path]:
         "bf16": models_dir / "SmolLM2-135M-Instruct-bf16",
         "w8a8": models_dir / "SmolLM2-135M-Instruct-W8A8-gptq",
         "w4a16": models_dir / "SmolLM2-135M-Instruct-W4A16-gptq-g64",
+        "w4a16_awq": models_dir / "SmolLM2-135M-Instruct-W4A16-awq-g64",
     }
 
 
@@ -259,6 +260,7 @@ def prepare_all(models_dir: Path = MODELS_DIR, *, include_w4a16: bool = True) ->
     quantize(paths["bf16"], paths["w8a8"], "W8A8", "gptq")
     if include_w4a16:
         quantize(paths["bf16"], paths["w4a16"], "W4A16", "gptq", group_size=64)
+        quantize(paths["bf16"], paths["w4a16_awq"], "W4A16", "awq", group_size=64)
     return paths
 
 

@@ -94,16 +94,49 @@ async def test_prompt_plus_max_tokens_over_the_context(client: httpx.AsyncClient
     assert "1020 in the completion" in message
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}, "tools"),
+        # the tool schema must be an object schema, and a valid JSON schema
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 3}, "top_logprobs"),
-        ({"n": 2}, "n"),
-        ({"logit_bias": {"100": 10}}, "logit_bias"),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+         "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"100": 101}}, "logit_bias"),
+        ({"logit_bias": {"999999": 5}}, "logit_bias"),
+    ],
+)  # fmt: skip
+async def test_bad_values_of_the_new_fields_name_the_field(
+    client: httpx.AsyncClient, fields: dict[str, Any], param: str
+) -> None:
+    resp = await client.post(CHAT, json=chat_body(**fields))
+    assert_openai_error(resp, 400, "invalid_value", None)
+    assert resp.json()["error"]["param"].split(".")[0] == param
+    await still_serves(client)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
 async def test_unimplemented_fields_are_refused_not_ignored(
@@ -115,11 +148,17 @@ async def test_unimplemented_fields_are_refused_not_ignored(
 
 
 async def test_completions_bad_input(client: httpx.AsyncClient) -> None:
-    resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True})
+    url = "/v1/completions"
+    resp = await client.post(url, json={"model": MODEL, "prompt": "x", "echo": True, "logprobs": 1})
     assert_openai_error(resp, 400, "unsupported_parameter", "echo")
-    resp = await client.post("/v1/completions", json={"model": MODEL, "prompt": ""})
+    # SmolLM2's GGUF defines no fill-in-the-middle tokens, so a suffix cannot be honoured.
+    resp = await client.post(url, json={"model": MODEL, "prompt": "def f(", "suffix": "return x"})
+    assert "fill-in-the-middle" in assert_openai_error(resp, 400, "unsupported_parameter", "suffix")
+    resp = await client.post(url, json={"model": MODEL, "prompt": "x", "logprobs": 6})
+    assert_openai_error(resp, 400, "invalid_value", "logprobs")
+    resp = await client.post(url, json={"model": MODEL, "prompt": ""})
     assert_openai_error(resp, 400, "invalid_value", "prompt")
-    resp = await client.post("/v1/completions", json={"model": MODEL})
+    resp = await client.post(url, json={"model": MODEL})
     assert_openai_error(resp, 400, "invalid_value", "prompt")
     await still_serves(client)
 

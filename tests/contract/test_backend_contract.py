@@ -8,16 +8,32 @@ option errors, context errors before the first token, and concurrent requests ba
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+from backends import tools as tl
 from backends.base import Backend
 from backends.errors import ConfigError, ContextLengthExceeded
 from backends.registry import create_backend
-from backends.types import Device, GenerationChunk, GenerationRequest, Message, ModelFormat, ModelSpec, SamplingParams
+from backends.types import (
+    Device,
+    GenerationChunk,
+    GenerationRequest,
+    JsonConstraint,
+    Message,
+    ModelFormat,
+    ModelSpec,
+    SamplingParams,
+    ToolCallConstraint,
+    ToolDef,
+)
 from backends.vllm.prepare import default_fixtures
 from tests.marks import ENGINE_NOISE
 
@@ -132,3 +148,59 @@ async def test_eight_concurrent_streams_are_all_correct(backend: Backend) -> Non
 def test_unknown_option_is_refused_naming_it(name: str) -> None:
     with pytest.raises(ConfigError, match=r"options\.n_ctxx: Extra inputs are not permitted"):
         create_backend(spec_for(name, n_ctxx=1), CPU)
+
+
+# ---- structured output, tools, logprobs, logit_bias: the same guarantees on every engine ----
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER = ToolDef(
+    "get_weather",
+    "Current weather in a city",
+    {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]},
+)
+
+
+async def test_json_schema_output_always_validates(backend: Backend) -> None:
+    req = dataclasses.replace(
+        chat("Give me a person called Ann who is 31, as JSON.", max_tokens=60), constraint=JsonConstraint(PERSON)
+    )
+    text = well_formed(await run(backend, req))
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+async def test_required_tool_calls_parse_and_validate(backend: Backend) -> None:
+    constraint = ToolCallConstraint((WEATHER,), required=True, parallel=False)
+    req = dataclasses.replace(
+        chat("What is the weather in Paris?", max_tokens=60), tools=(WEATHER,), constraint=constraint
+    )
+    parser = tl.ToolCallParser(frozenset({"get_weather"}))
+    text, calls = parser.feed(well_formed(await run(backend, req)))
+    rest, more = parser.finish()
+    calls += more
+    assert (text + rest).strip() == "" and len(calls) == 1
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER.parameters)
+
+
+async def test_logprobs_cover_every_token(backend: Backend) -> None:
+    req = chat(CAPITAL, max_tokens=8)
+    req = dataclasses.replace(req, sampling=dataclasses.replace(req.sampling, logprobs=2))
+    chunks = await run(backend, req)
+    text = well_formed(chunks)
+    entries = [lp for c in chunks for lp in c.logprobs]
+    # one entry per text token (vLLM also counts the end-of-sequence token in usage)
+    assert sum(c.tokens for c in chunks) - 1 <= len(entries) <= sum(c.tokens for c in chunks)
+    assert "".join(e.token for e in entries) == text
+    for e in entries:
+        assert len(e.top) == 2 and e.top[0].token == e.token  # greedy picks the most likely token
+        assert math.isclose(e.top[0].logprob, e.logprob, abs_tol=1e-4) and e.logprob <= 0
+
+
+async def test_logit_bias_forces_a_token(backend: Backend) -> None:
+    bang = 17  # "!" in SmolLM2's vocabulary (the GGUF and the HF checkpoints share it)
+    req = chat(CAPITAL, max_tokens=3)
+    req = dataclasses.replace(req, sampling=dataclasses.replace(req.sampling, logit_bias=((bang, 100.0),)))
+    assert well_formed(await run(backend, req)) == "!!!"

@@ -84,9 +84,9 @@ def test_sdk_raises_typed_errors(server: Server) -> None:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 6000}])
     assert too_long.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as unsupported:
-        client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=QUESTION, function_call="auto")  # type: ignore[arg-type]
     assert unsupported.value.code == "unsupported_parameter"
-    assert unsupported.value.param == "n"
+    assert unsupported.value.param == "function_call"
     with pytest.raises(openai.AuthenticationError):
         make_client(server, key="wrong").models.list()
     # and the server still answers

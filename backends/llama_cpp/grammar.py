@@ -1,0 +1,73 @@
+"""Output constraints as llama.cpp GBNF grammars (built once per request, on the event loop)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp as lc
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from backends import tools as tl
+from backends.errors import InvalidRequest
+from backends.types import Constraint, JsonConstraint, ToolCallConstraint
+
+# Lazy grammars (tool_choice "auto") wait for this pattern, matched from the start of the output;
+# the grammar then sees the text from the first group on, i.e. from the opening tag.
+_TRIGGER = r"[\s\S]*?(" + re.escape(tl.OPEN) + r")[\s\S]*"
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    text: str
+    lazy: bool  # True: free text until the trigger, grammar from there on
+
+
+# llama-cpp-python's converter lets raw control characters into strings, which JSON forbids
+# (llama.cpp's own converter has since excluded them): a model could write an unparseable newline.
+_LOOSE_CHAR = r'char ::= [^"\\]'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
+
+
+def _schema_rules(schema: dict[str, Any], *, param: str) -> str:
+    try:
+        rules = str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter raises bare Exceptions/KeyErrors on what it cannot express
+        raise InvalidRequest(f"the JSON schema cannot be enforced: {exc!r}", param=param) from None
+    return rules.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def build(constraint: Constraint) -> Grammar:
+    if isinstance(constraint, JsonConstraint):
+        schema = constraint.schema if constraint.schema is not None else {"type": "object"}
+        return Grammar(_schema_rules(schema, param="response_format"), lazy=False)
+    return _tool_grammar(constraint)
+
+
+def _tool_grammar(c: ToolCallConstraint) -> Grammar:
+    # The converter names its top rule "root"; rename it so our own root can wrap it in the tags.
+    rules = _schema_rules(tl.call_schema(c.tools), param="tools")
+    rules = re.sub(r"^root ::=", "tool-call-json ::=", rules, flags=re.MULTILINE)
+    call = f'"{_gbnf_escape(tl.OPEN)}\\n" tool-call-json "\\n{_gbnf_escape(tl.CLOSE)}"'
+    root = 'root ::= tool-call ("\\n" tool-call)*\n' if c.parallel else "root ::= tool-call\n"
+    return Grammar(f"{root}tool-call ::= {call}\n{rules}", lazy=not c.required)
+
+
+def _gbnf_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def sampler(grammar: Grammar, vocab: Any) -> Any:
+    """A native grammar sampler (caller owns it); InvalidRequest if llama.cpp rejects the grammar."""
+    text = grammar.text.encode()
+    if grammar.lazy:
+        patterns = (ctypes.c_char_p * 1)(_TRIGGER.encode())
+        smpl = lc.llama_sampler_init_grammar_lazy_patterns(vocab, text, b"root", patterns, 1, None, 0)
+    else:
+        smpl = lc.llama_sampler_init_grammar(vocab, text, b"root")
+    if not smpl:
+        raise InvalidRequest("the output constraint could not be compiled into a grammar", param="response_format")
+    return smpl
