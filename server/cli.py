@@ -13,6 +13,7 @@ import uvicorn
 
 from backends.errors import QuantserveError
 from server.app import create_app
+from server.cli_quant import register as register_quant_commands
 from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.pool import ModelPool
 from server.settings import ModelConfig, Settings, load_settings
@@ -22,6 +23,7 @@ log = logging.getLogger("quantserve")
 app = typer.Typer(help="OpenAI-compatible server for quantized LLMs.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Manage the local models cache.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+register_quant_commands(app)
 
 
 def _setup_logging(level: str, *, force: bool = False) -> None:
@@ -87,7 +89,7 @@ def prepare(
         Path | None, typer.Option(help="Cache directory (default ~/.cache/quantserve/models).")
     ] = None,
     vllm: Annotated[
-        bool, typer.Option("--vllm", help="Also build the vLLM checkpoints: bf16, INT8 W8A8 and W4A16 GPTQ.")
+        bool, typer.Option("--vllm", help="Also build the vLLM checkpoints: bf16, INT8 W8A8, W4A16 GPTQ and AWQ.")
     ] = False,
 ) -> None:
     """Fetch the default model into the cache; with --vllm also build the vLLM checkpoints.

@@ -1,0 +1,100 @@
+"""GGUF quantization through llama.cpp's own ``llama_model_quantize`` (llama-cpp-python), with an
+optional importance matrix (as computed by llama.cpp's ``llama-imatrix``, see ``llama_tools``)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# The levels this toolkit offers, highest precision first, with llama.cpp's ftype names.
+GGUF_TYPES: tuple[str, ...] = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K")
+
+
+class QuantizeError(RuntimeError):
+    """llama.cpp refused or failed; the message says which file and type."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizeResult:
+    path: Path
+    qtype: str
+    seconds: float
+    imatrix: Path | None
+
+
+def quantized_path(src: Path, qtype: str, out_dir: Path | None = None, *, imatrix: bool = False) -> Path:
+    """``NAME.F16.gguf`` -> ``NAME.Q4_K_M.gguf`` (``NAME.Q4_K_M-imat.gguf`` with an imatrix)."""
+    stem = src.name.removesuffix(".gguf")
+    base = stem.rsplit(".", 1)[0] if "." in stem else stem
+    return (out_dir or src.parent) / f"{base}.{qtype}{'-imat' if imatrix else ''}.gguf"
+
+
+def quantize_gguf(
+    src: Path, dst: Path, qtype: str, *, imatrix: Path | None = None, threads: int | None = None
+) -> QuantizeResult:
+    """Quantize ``src`` (F16/BF16/F32, or Q8_0 with requantization) to ``qtype`` at ``dst``."""
+    import llama_cpp
+
+    qtype = qtype.upper()
+    if qtype not in GGUF_TYPES:
+        raise QuantizeError(f"unknown GGUF type {qtype!r}; choose one of: {', '.join(GGUF_TYPES)}")
+    if not src.is_file():
+        raise QuantizeError(f"source {src} does not exist")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    params.nthread = threads or os.cpu_count() or 1
+    params.allow_requantize = True  # a Q8_0 source is a legitimate (if lossier) starting point
+    keep_alive: list[object] = []
+    if imatrix is not None:
+        entries = load_imatrix(imatrix)
+        array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+        for i, (name, values) in enumerate(entries.items()):
+            buf = (ctypes.c_float * len(values))(*values)
+            encoded = name.encode()
+            keep_alive += [buf, encoded]  # ctypes keeps only pointers: these must outlive the call
+            array[i].name = encoded
+            array[i].data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_float))
+            array[i].size = len(values)
+        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep_alive.append(array)
+    tmp = dst.with_name(dst.name + ".partial")
+    started = time.monotonic()
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {qtype} (return code {rc})")
+    tmp.replace(dst)
+    seconds = time.monotonic() - started
+    logger.info("wrote %s (%s) in %.1f s", dst, qtype, seconds)
+    return QuantizeResult(dst, qtype, seconds, imatrix)
+
+
+def load_imatrix(path: Path) -> dict[str, list[float]]:
+    """A GGUF imatrix (``NAME.in_sum2`` / ``NAME.counts`` tensors) as llama-quantize reads it:
+    the mean squared activation of every input column, per expert."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+    out: dict[str, list[float]] = {}
+    for key, sums in tensors.items():
+        if not key.endswith(".in_sum2"):
+            continue
+        name = key.removesuffix(".in_sum2")
+        counts = tensors.get(f"{name}.counts")
+        if counts is None or counts.size == 0:
+            raise QuantizeError(f"imatrix {path.name}: {name} has sums but no counts")
+        per_expert = sums.reshape(counts.size, -1)
+        safe = np.where(counts > 0, counts, 1.0)[:, None]
+        means = np.where(counts[:, None] > 0, per_expert / safe, 1.0)
+        out[name] = means.reshape(-1).astype(np.float32).tolist()
+    if not out:
+        raise QuantizeError(f"{path.name} holds no importance-matrix entries")
+    return out
