@@ -18,6 +18,10 @@ from server.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
+# Backends whose engine enforces queue_timeout_s. vLLM's scheduler owns its queue, and AsyncLLM's
+# stream does not say when a request is scheduled (its first output also waits for the prefill).
+QUEUE_TIMEOUT_BACKENDS = frozenset({"llama_cpp"})
+
 
 @dataclass(frozen=True, slots=True)
 class ModelLimits:
@@ -49,6 +53,20 @@ def model_spec(c: ModelConfig) -> ModelSpec:
     )
 
 
+def _queue_timeout(config: ModelConfig, settings: Settings, backend: Backend) -> float | None:
+    """The model's queue timeout; refused when set on a model whose engine cannot enforce it."""
+    if backend.name in QUEUE_TIMEOUT_BACKENDS:
+        return config.queue_timeout_s or settings.queue_timeout_s
+    if config.queue_timeout_s is not None:
+        raise ConfigError(
+            f"model {config.id!r}: queue_timeout_s is not supported on the {backend.name} backend "
+            "(request_timeout_s still applies)"
+        )
+    if settings.queue_timeout_s is not None:
+        log.warning("model %s (%s): queue_timeout_s does not apply; request_timeout_s does", config.id, backend.name)
+    return None
+
+
 class ModelPool:
     """The served models. Once started, a supervisor restarts any engine that dies (see
     ``server.supervisor``); ``serving`` refuses a model that is down, naming why."""
@@ -72,12 +90,12 @@ class ModelPool:
         for config in model_configs(settings):
             if config.id in backends:
                 raise ConfigError(f"model id {config.id!r} is configured twice")
-            backends[config.id] = create_backend(model_spec(config), device)
+            backend = backends[config.id] = create_backend(model_spec(config), device)
             limits[config.id] = ModelLimits(
                 config.max_prompt_tokens,
                 config.max_tokens,
                 config.request_timeout_s or settings.request_timeout_s,
-                config.queue_timeout_s or settings.queue_timeout_s,
+                _queue_timeout(config, settings, backend),
             )
         policy = RestartPolicy(settings.health_interval_s, settings.max_restarts, settings.restart_backoff_s)
         return cls(backends, limits, policy)

@@ -8,7 +8,9 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
+import pytest
 
+from backends.errors import ConfigError
 from server.pool import ModelPool
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
@@ -154,3 +156,20 @@ def test_queue_timeout_a_models_own_overrides_the_global_one(
     assert pool.limits("own").queue_timeout_s == 2.5
     assert pool.limits("inherited").queue_timeout_s == 7.0
     assert ModelPool.from_settings(make_settings()).limits(MODEL).queue_timeout_s is None
+
+
+def test_queue_timeout_is_refused_on_a_vllm_model_and_skipped_globally(
+    make_settings: Callable[..., Settings], model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # vLLM's scheduler owns its queue: a model-level queue timeout there would be silently ignored.
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    vllm = {"id": "v", "path": checkpoint, "format": "safetensors", "backend": "vllm"}
+    with pytest.raises(ConfigError, match="queue_timeout_s is not supported on the vllm backend"):
+        ModelPool.from_settings(make_settings(models=(ModelConfig(**vllm, queue_timeout_s=1.0),)))
+    gguf = ModelConfig(id=MODEL, path=model_path)
+    pool = ModelPool.from_settings(make_settings(models=(gguf, ModelConfig(**vllm)), queue_timeout_s=3.0))
+    assert pool.limits(MODEL).queue_timeout_s == 3.0
+    assert pool.limits("v").queue_timeout_s is None
+    assert "model v (vllm): queue_timeout_s does not apply" in caplog.text
