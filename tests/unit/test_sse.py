@@ -8,6 +8,7 @@ import pytest
 
 from backends.errors import Overloaded
 from backends.types import GenerationChunk, Usage
+from server.choices import ChoiceState
 from server.responses import Shape
 from server.streaming import Generation, fold, sse_events
 
@@ -33,7 +34,7 @@ def story() -> AsyncIterator[GenerationChunk]:
 async def frames(shape: Shape, source: AsyncIterator[GenerationChunk], include_usage: bool) -> list[Any]:
     gen = await Generation.start(source)
     out = []
-    async for event in sse_events(gen, shape, include_usage=include_usage):
+    async for event in sse_events([gen], [ChoiceState(0)], shape, include_usage=include_usage):
         out.append(event["data"] if event["data"] == "[DONE]" else json.loads(event["data"]))
     return out
 
@@ -90,7 +91,7 @@ async def test_error_before_first_token_propagates_so_http_status_survives() -> 
 
 
 async def test_fold_joins_deltas_into_one_response() -> None:
-    body = await fold(await Generation.start(story()), Shape(id="c", model="m", chat=True))
+    body = await fold([await Generation.start(story())], [ChoiceState(0)], Shape(id="c", model="m", chat=True))
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
     assert body["choices"][0]["finish_reason"] == "length"

@@ -2,8 +2,9 @@ import pytest
 from pydantic import ValidationError
 
 from backends.errors import UnsupportedParameter
+from backends.types import JsonConstraint, ToolCall, ToolCallConstraint
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.translate import chat_request, completion_request
+from server.translate import chat_request, choices, completion_request
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -72,13 +73,9 @@ def test_developer_role_becomes_system_and_text_parts_are_joined() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "auto"),
-        ("response_format", {"type": "json_object"}),
-        ("logprobs", True),
-        ("top_logprobs", 2),
-        ("n", 2),
-        ("logit_bias", {"1": 5}),
+        ("functions", [{"name": "f"}]),
+        ("function_call", "auto"),
+        ("modalities", ["text", "audio"]),
         ("audio", {"voice": "x"}),
     ],
 )
@@ -93,16 +90,71 @@ def test_unimplemented_chat_fields_are_refused_by_name(field: str, value: object
     [("tool_choice", "none"), ("response_format", {"type": "text"}), ("n", 1), ("logprobs", False), ("user", "u")],
 )
 def test_fields_asking_for_default_behaviour_are_accepted(field: str, value: object) -> None:
-    chat_request(chat(**{field: value}), "r")
+    req = chat_request(chat(**{field: value}), "r")
+    assert req.constraint is None and req.tools == () and req.sampling.logprobs is None
 
 
-def test_tool_role_messages_are_refused() -> None:
-    req = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [*MSG, {"role": "tool", "content": "42", "tool_call_id": "c1"}]}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+TOOL_G = {"type": "function", "function": {"name": "g"}}
+
+
+def test_tool_choice_decides_the_constraint() -> None:
+    auto = chat_request(chat(tools=[TOOL, TOOL_G]), "r")
+    assert isinstance(auto.constraint, ToolCallConstraint) and not auto.constraint.required
+    assert [t.name for t in auto.tools] == ["f", "g"] and auto.constraint.parallel
+    required = chat_request(chat(tools=[TOOL], tool_choice="required", parallel_tool_calls=False), "r")
+    assert isinstance(required.constraint, ToolCallConstraint)
+    assert required.constraint.required and not required.constraint.parallel
+    named = chat_request(chat(tools=[TOOL, TOOL_G], tool_choice={"type": "function", "function": {"name": "g"}}), "r")
+    assert isinstance(named.constraint, ToolCallConstraint) and named.constraint.required
+    assert [t.name for t in named.constraint.tools] == ["g"] and [t.name for t in named.tools] == ["f", "g"]
+    none = chat_request(chat(tools=[TOOL], tool_choice="none"), "r")
+    assert none.constraint is None and none.tools == ()
+
+
+def test_response_format_and_sampling_extras() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    req = chat_request(
+        chat(
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+            logprobs=True,
+            top_logprobs=3,
+            logit_bias={"17": -100, "5": 2.5},
+        ),
+        "r",
     )
-    with pytest.raises(UnsupportedParameter) as err:
-        chat_request(req, "r")
-    assert err.value.param == "messages.1"
+    assert req.constraint == JsonConstraint(schema)
+    assert req.sampling.logprobs == 3 and req.sampling.logit_bias == ((17, -100.0), (5, 2.5))
+    assert chat_request(chat(response_format={"type": "json_object"}), "r").constraint == JsonConstraint()
+
+
+def test_n_choices_get_distinct_ids_and_seeds() -> None:
+    base = chat_request(chat(seed=41), "r")
+    many = choices(base, 3)
+    assert [c.request_id for c in many] == ["r-0", "r-1", "r-2"]
+    assert [c.sampling.seed for c in many] == [41, 42, 43]
+    assert choices(base, 1) == [base]
+
+
+def test_tool_turns_are_carried_into_the_request() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                *MSG,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            ],
+        }
+    )
+    out = chat_request(req, "r")
+    assert out.messages is not None
+    assert out.messages[1].tool_calls == (ToolCall("c1", "f", "{}"),)
+    assert (out.messages[2].role, out.messages[2].tool_call_id) == ("tool", "c1")
 
 
 def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> None:
@@ -113,7 +165,7 @@ def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> No
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("prompt", ["a", "b"]), ("prompt", [1, 2, 3]), ("echo", True), ("suffix", "x"), ("logprobs", 1), ("best_of", 2)],
+    [("prompt", ["a", "b"]), ("prompt", [1, 2, 3]), ("best_of", 2)],
 )
 def test_unimplemented_completion_fields_are_refused_by_name(field: str, value: object) -> None:
     body = {"model": "m", "prompt": "x", field: value}
