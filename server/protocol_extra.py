@@ -38,10 +38,21 @@ class EmbeddingBody(_Strict):
         for i, item in enumerate(items):
             if not item:
                 raise ValueError(f"input[{i}] is empty; every input must contain text or tokens")
+            if isinstance(item, str) and not _is_unicode(item):
+                raise ValueError(f"input[{i}] is not valid Unicode (it holds a lone surrogate)")
         return value
 
     def inputs(self) -> tuple[EmbeddingInput, ...]:
         return tuple(item if isinstance(item, str) else tuple(item) for item in _items(self.input))
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON may carry a lone surrogate ("\\ud800"), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _items(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
@@ -73,6 +84,13 @@ class TokenizeBody(_Strict):
     tools: list[dict[str, Any]] | None = None
     media_io_kwargs: dict[str, Any] | None = None
     mm_processor_kwargs: dict[str, Any] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        if value is not None and not _is_unicode(value):
+            raise ValueError("not valid Unicode (it holds a lone surrogate)")
+        return value
 
     def check(self) -> None:
         """Cross-field rules, raised with the field they concern (a model validator cannot name it)."""

@@ -139,7 +139,10 @@ class NativeModel:
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         # Thread-safe: the vocabulary is read-only, so the event loop may tokenize while the
         # engine thread decodes (llama-server does the same from its HTTP threads).
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can carry a lone surrogate (\ud800): a 400, not a crash
+            raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)") from None
         cap = len(data) + 8
         with self._close_lock:  # the vocabulary dies with the model: never tokenize during close()
             if self._closed:

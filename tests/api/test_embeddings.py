@@ -131,6 +131,12 @@ async def test_bad_input_is_a_400_naming_the_field(
     assert len(vectors(await embed(client, "still here"))[0]) == SIZE
 
 
+async def test_lone_surrogate_is_a_400_naming_input(client: httpx.AsyncClient) -> None:
+    body = '{"model": "' + MODEL + '", "input": ["fine", "a\\ud800b"]}'
+    resp = await client.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"})
+    assert "input[1]" in assert_openai_error(resp, 400, "invalid_value", "input")
+
+
 async def test_missing_fields_and_unknown_model(client: httpx.AsyncClient) -> None:
     assert_openai_error(await client.post("/v1/embeddings", json={"model": MODEL}), 400, "invalid_value", "input")
     assert_openai_error(await client.post("/v1/embeddings", json={"input": "x"}), 400, "invalid_value", "model")

@@ -119,3 +119,17 @@ async def test_bad_token_ids_name_tokens(client: httpx.AsyncClient, tokens: Any)
     assert_openai_error(resp, 400, "invalid_value")
     assert resp.json()["error"]["param"].split(".")[0] == "tokens"  # "tokens.1" for a non-integer item
     assert await detokenize(client, (await tokenize(client, prompt="Hello"))["tokens"]) == "Hello"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"prompt": "a\\ud800b"}', "prompt"),
+        ('{"messages": [{"role": "user", "content": "a\\udfffb"}]}', None),
+    ],
+)
+async def test_lone_surrogates_are_a_400_not_a_crash(client: httpx.AsyncClient, body: str, param: str | None) -> None:
+    # Valid JSON, but text no tokenizer can encode.
+    resp = await client.post("/tokenize", content=body, headers={"Content-Type": "application/json"})
+    assert_openai_error(resp, 400, "invalid_value", param)
+    assert "Unicode" in resp.json()["error"]["message"]
