@@ -120,3 +120,11 @@ def cut_after_final_message(rendered: str, final_content: str) -> str:
             param="messages",
         )
     return rendered[: at + len(final)]
+
+
+def check_unicode(text: str, param: str | None) -> None:
+    """JSON may carry a lone surrogate (\\ud800), which no tokenizer can encode: a 400, not a crash."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)", param=param) from None

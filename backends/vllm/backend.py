@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend
-from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult, check_token_ids
+from backends.embeddings import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    TokenizeRequest,
+    TokenizeResult,
+    check_token_ids,
+    check_unicode,
+)
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
@@ -382,6 +389,8 @@ class VllmBackend(Backend):
                 raise InvalidRequest(
                     f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
                 ) from None
+        assert text is not None
+        check_unicode(text, "prompt" if req.messages is None else "messages")
         ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)
         strs = tuple(tok.convert_ids_to_tokens(ids)) if req.return_token_strs else None
         return TokenizeResult(tuple(int(t) for t in ids), strs)

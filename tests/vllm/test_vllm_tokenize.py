@@ -78,6 +78,9 @@ async def test_vllm_round_trip_and_bad_ids(engines: tuple[Backend, Backend]) -> 
     with pytest.raises(InvalidRequest) as bad:
         await vllm.detokenize([1, 10**9])
     assert bad.value.param == "tokens"
+    with pytest.raises(InvalidRequest) as surrogate:  # valid JSON ("\\ud800"), but no tokenizer can encode it
+        await vllm.tokenize(TokenizeRequest(messages=(Message("user", "a\ud800b"),)))
+    assert surrogate.value.param == "messages"
 
 
 async def test_vllm_refuses_embeddings_with_the_reason(engines: tuple[Backend, Backend]) -> None:
