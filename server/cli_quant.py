@@ -83,8 +83,8 @@ def inspect(
             w, a = group.get("weights") or {}, group.get("input_activations") or {}
             acts = f", activations {a.get('num_bits')}-bit {a.get('strategy')}" if a else ""
             echo(
-                f"  {name}: weights {w.get('num_bits')}-bit {w.get('strategy')} group {w.get('group_size')}{acts}; "
-                f"ignore {q.get('ignore')}"
+                f"  {name}: weights {w.get('num_bits')}-bit per {w.get('strategy')} "
+                f"(group size {w.get('group_size')}){acts}; ignore {q.get('ignore')}"
             )
     echo(f"memory plan:     {plan.describe()} -> {'fits' if plan.fits else 'DOES NOT FIT'}")
 
