@@ -108,7 +108,8 @@ class GenerationRequest:
     request_id: str
     sampling: SamplingParams = field(default_factory=SamplingParams)
     messages: tuple[Message, ...] | None = None
-    prompt: str | None = None
+    # Completions: a text, or token ids used exactly as given (no BOS added).
+    prompt: str | tuple[int, ...] | None = None
     # An operator's cap below the context window (None: the context is the only limit).
     max_prompt_tokens: int | None = None
     # Functions the prompt offers the model (rendered by the chat template or our tool preamble).

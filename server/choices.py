@@ -55,10 +55,15 @@ class ChoiceState:
         return Delta(text, calls, chunk.logprobs, finish)
 
 
-def total_usage(states: list[ChoiceState]) -> Usage | None:
-    """One usage for all choices: the prompt once (every choice shares it), completions summed."""
-    usages = [s.usage for s in states if s.usage is not None]
-    if not usages:
+def total_usage(states: list[ChoiceState], n: int = 1) -> Usage | None:
+    """One usage for all choices: each prompt counted once (its n choices share it, as OpenAI
+    counts them), completions summed."""
+    if any(s.usage is None for s in states):
         return None
-    first = usages[0]
-    return Usage(first.prompt_tokens, sum(u.completion_tokens for u in usages), first.cached_tokens)
+    usages = [s.usage for s in states if s.usage is not None]
+    firsts = usages[::n]
+    return Usage(
+        sum(u.prompt_tokens for u in firsts),
+        sum(u.completion_tokens for u in usages),
+        sum(u.cached_tokens for u in firsts),
+    )

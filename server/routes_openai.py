@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
+from backends.types import GenerationRequest
 from server.choices import ChoiceState
 from server.deadline import with_deadline
 from server.deps import get_pool, get_settings
@@ -21,7 +22,7 @@ from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import Shape
 from server.settings import Settings
 from server.streaming import fold, sse_events, start_all
-from server.translate import chat_request, choices, completion_request
+from server.translate import chat_request, choices, completion_requests
 
 router = APIRouter(prefix="/v1")
 
@@ -37,36 +38,46 @@ async def _generate(
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    n = body.n or 1
     if isinstance(body, ChatCompletionRequest):
-        req = chat_request(body, rid, limits, settings.max_messages)
+        reqs = [chat_request(body, rid, limits, settings.max_messages)]
         wants_logprobs = bool(body.logprobs)
-        prefix = ""
+        prefixes = [""]
     else:
-        req = completion_request(body, rid, limits)
+        reqs = completion_requests(body, rid, limits)
         wants_logprobs = body.logprobs is not None
-        prefix = req.prompt or "" if body.echo else ""
+        prefixes = [await _echo(backend, r) if body.echo else "" for r in reqs]
     shape = Shape(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
-    # Each of the n choices is its own engine request (batched together by the engine).
-    # deadline inside observe, so a timeout is counted like any other failure
+    # Choice index = prompt * n + j, as OpenAI numbers them. Each choice is its own engine request
+    # (batched together by the engine). The deadline sits inside observe, so a timeout is counted
+    # like any other failure.
     streams = [
         observe(metrics, backend, endpoint, with_deadline(backend.generate(r), limits.request_timeout_s))
-        for r in choices(req, body.n or 1)
+        for req in reqs
+        for r in choices(req, n)
     ]
     gens = await start_all(streams)
-    tool_names = frozenset(t.name for t in req.tools) if req.constraint is not None else frozenset()
-    states = [ChoiceState(i, tool_names, prefix) for i in range(len(gens))]
+    tool_names = frozenset(t.name for t in reqs[0].tools) if reqs[0].constraint is not None else frozenset()
+    states = [ChoiceState(i, tool_names, prefixes[i // n]) for i in range(len(gens))]
     if not body.stream:
-        return JSONResponse(await fold(gens, states, shape))
+        return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
-        sse_events(gens, states, shape, include_usage=include_usage),
+        sse_events(gens, states, shape, include_usage=include_usage, n=n),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # On shutdown, sse-starlette would cut streams at once; let them finish within the grace.
         shutdown_grace_period=settings.shutdown_grace_s,
     )
+
+
+async def _echo(backend: Backend, req: GenerationRequest) -> str:
+    """The prompt as text, for ``echo``: token-id prompts are decoded by the model's tokenizer."""
+    if isinstance(req.prompt, tuple):
+        return await backend.detokenize(list(req.prompt))
+    return req.prompt or ""
 
 
 @router.post("/chat/completions")

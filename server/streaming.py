@@ -124,7 +124,7 @@ async def _close(chunks: AsyncIterator[Any]) -> None:
 
 
 async def sse_events(
-    gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, *, include_usage: bool
+    gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, *, include_usage: bool, n: int = 1
 ) -> AsyncIterator[dict[str, Any]]:
     """role chunks -> deltas (content, tool calls) -> finish chunks -> optional usage -> [DONE]."""
 
@@ -141,7 +141,7 @@ async def sse_events(
             for body in shape.delta_chunks(state, state.feed(chunk), include_usage=include_usage):
                 yield frame(body)
         if include_usage:
-            yield frame(shape.usage_chunk(total_usage(list(states))))
+            yield frame(shape.usage_chunk(total_usage(list(states), n)))
     except Exception as exc:
         # The 200 is already on the wire: report the failure in-band, then end the stream.
         log.exception("stream %s failed after its first token", shape.id)
@@ -151,7 +151,7 @@ async def sse_events(
     yield {"data": DONE}
 
 
-async def fold(gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape) -> dict[str, Any]:
+async def fold(gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, n: int = 1) -> dict[str, Any]:
     """A non-streamed response is the same streams, collected."""
     stream = merged(gens)
     try:
@@ -159,4 +159,4 @@ async def fold(gens: Sequence[Generation], states: Sequence[ChoiceState], shape:
             states[i].feed(chunk)
     finally:
         await _close(stream)
-    return shape.full(states, total_usage(list(states)))
+    return shape.full(states, total_usage(list(states), n))

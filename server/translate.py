@@ -43,6 +43,9 @@ _CHAT_UNSUPPORTED: dict[str, _Check] = {
     "reasoning_effort": _is_set,
     "web_search_options": _is_set,
 }
+# A batch of prompts becomes prompts x n engine requests: keep it bounded.
+MAX_PROMPTS = 64
+
 _COMPLETION_UNSUPPORTED: dict[str, _Check] = {
     "best_of": _more_than_one,
 }
@@ -179,20 +182,14 @@ def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ..
     return defs, ToolCallConstraint(defs, required=choice == "required", parallel=parallel)
 
 
-def completion_request(
+def completion_requests(
     req: CompletionRequest,
     request_id: str,
     limits: ModelLimits = ModelLimits(),  # noqa: B008 - immutable
-) -> GenerationRequest:
+) -> list[GenerationRequest]:
+    """One generation per prompt: OpenAI takes a text, texts, token ids or lists of token ids."""
     _refuse_unsupported(req, _COMPLETION_UNSUPPORTED)
-    prompt = req.prompt
-    if isinstance(prompt, list):
-        if len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        else:
-            raise UnsupportedParameter(
-                "only a single string prompt is supported yet (no batches, no token-id prompts).", param="prompt"
-            )
+    prompts = _prompts(req.prompt)
     if req.echo and req.logprobs is not None:
         # OpenAI then also scores the prompt's own tokens, which our engines do not compute.
         raise UnsupportedParameter("echo together with logprobs is not supported; send one of them.", param="echo")
@@ -202,11 +199,37 @@ def completion_request(
     max_tokens = _max_tokens(wanted, limits)
     if max_tokens is None:
         max_tokens = req.max_tokens  # OpenAI's default of 16 for completions
-    return GenerationRequest(
-        request_id=request_id,
-        sampling=_sampling(req, max_tokens, req.logprobs),
-        prompt=prompt,
-        max_prompt_tokens=limits.max_prompt_tokens,
-        queue_timeout_s=limits.queue_timeout_s,
-        suffix=req.suffix or None,
-    )
+    sampling = _sampling(req, max_tokens, req.logprobs)
+    return [
+        GenerationRequest(
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-p{i}",
+            sampling=sampling,
+            prompt=prompt,
+            max_prompt_tokens=limits.max_prompt_tokens,
+            queue_timeout_s=limits.queue_timeout_s,
+            suffix=req.suffix or None,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | tuple[int, ...]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("prompt must not be an empty list.", param="prompt")
+    if isinstance(prompt[0], int):
+        return [tuple(prompt)]
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidRequest(f"at most {MAX_PROMPTS} prompts are allowed per request.", param="prompt")
+    return [p if isinstance(p, str) else tuple(p) for p in prompt]
+
+
+def completion_request(
+    req: CompletionRequest,
+    request_id: str,
+    limits: ModelLimits = ModelLimits(),  # noqa: B008 - immutable
+) -> GenerationRequest:
+    """The single-prompt case (tests and callers that send one prompt)."""
+    (out,) = completion_requests(req, request_id, limits)
+    return out

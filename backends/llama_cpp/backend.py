@@ -177,6 +177,15 @@ class LlamaCppBackend(Backend):
             # The rendered template already holds any BOS it wants; parse its special tokens.
             return engine.tokenize(text, add_special=False)
         assert req.prompt is not None
+        if isinstance(req.prompt, tuple):
+            bad = next((t for t in req.prompt if not 0 <= t < engine.n_vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"the prompt holds token id {bad}; this model's ids are 0..{engine.n_vocab - 1}", param="prompt"
+                )
+            if req.suffix is not None:
+                raise UnsupportedParameter("'suffix' needs a text prompt, not token ids", param="suffix")
+            return list(req.prompt)
         if req.suffix is None:
             return engine.tokenize(req.prompt, add_special=True)
         fim = engine.fim_tokens

@@ -345,7 +345,17 @@ class VllmBackend(Backend):
                 text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
             except Exception as exc:
                 raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
+            check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
             return list(tok.encode(text, add_special_tokens=False))
+        if isinstance(req.prompt, tuple):
+            size = len(tok)
+            bad = next((t for t in req.prompt if not 0 <= t < size), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"the prompt holds token id {bad}; this model's ids are 0..{size - 1}", param="prompt"
+                )
+            return list(req.prompt)
+        check_unicode(req.prompt or "", "prompt")
         return list(tok.encode(req.prompt or "", add_special_tokens=True))
 
     def _check_context(self, prompt_tokens: int, max_tokens: int | None, *, param: str) -> None:

@@ -209,6 +209,20 @@ def test_completion_logprobs_and_echo(server: Server) -> None:
     assert echoed.choices[0].text == prompt + resp.choices[0].text
 
 
+def test_batched_and_token_id_prompts(server: Server) -> None:
+    client = make_client(server)
+    prompts = ["The capital of France is", "Two plus two equals"]
+    batch = client.completions.create(model=MODEL, prompt=prompts, temperature=0, max_tokens=4, n=2)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]  # prompt * n + j, as OpenAI numbers them
+    singles = [client.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=4) for p in prompts]
+    assert batch.usage is not None
+    assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles if s.usage)
+    ids = _token_ids(server, prompts[0])
+    by_ids = client.completions.create(model=MODEL, prompt=ids, temperature=0, max_tokens=4, echo=True)
+    assert by_ids.choices[0].text.startswith(prompts[0])  # echo decodes the token ids
+    assert by_ids.usage is not None and by_ids.usage.prompt_tokens == len(ids)
+
+
 def test_n_choices_non_streamed_and_streamed(server: Server) -> None:
     client = make_client(server)
     resp = client.chat.completions.create(model=MODEL, messages=QUESTION, n=3, temperature=0.9, max_tokens=16, seed=7)

@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from backends.errors import UnsupportedParameter
 from backends.types import JsonConstraint, ToolCall, ToolCallConstraint
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.translate import chat_request, choices, completion_request
+from server.translate import chat_request, choices, completion_request, completion_requests
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -165,7 +165,7 @@ def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> No
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("prompt", ["a", "b"]), ("prompt", [1, 2, 3]), ("best_of", 2)],
+    [("best_of", 2)],
 )
 def test_unimplemented_completion_fields_are_refused_by_name(field: str, value: object) -> None:
     body = {"model": "m", "prompt": "x", field: value}
@@ -193,3 +193,16 @@ def test_unimplemented_completion_fields_are_refused_by_name(field: str, value: 
 def test_invalid_requests_fail_validation(body: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate(body)
+
+
+def test_completion_prompt_shapes_become_one_request_each() -> None:
+    def reqs(prompt: object) -> list[object]:
+        body = CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+        return [r.prompt for r in completion_requests(body, "r")]
+
+    assert reqs("a") == ["a"]
+    assert reqs(["a", "b"]) == ["a", "b"]
+    assert reqs([1, 2, 3]) == [(1, 2, 3)]
+    assert reqs([[1, 2], [3]]) == [(1, 2), (3,)]
+    body = CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"]})
+    assert [r.request_id for r in completion_requests(body, "r")] == ["r-p0", "r-p1"]
