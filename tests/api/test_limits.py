@@ -132,13 +132,18 @@ async def test_queue_timeout_fails_a_waiting_request_and_spares_the_running_one(
                 break
             await asyncio.sleep(0.01)
         assert backend.stats().running == 1
-        for stream in (False, True):
-            waited = await c.post("/v1/chat/completions", json=chat_body(max_tokens=4, stream=stream))
+        waiters = [
+            ("/v1/chat/completions", chat_body(max_tokens=4)),
+            ("/v1/chat/completions", chat_body(max_tokens=4, stream=True)),
+            ("/v1/completions", {"model": MODEL, "prompt": "Paris is", "max_tokens": 4}),
+        ]
+        for path, body in waiters:
+            waited = await c.post(path, json=body)
             message = assert_openai_error(waited, 503, "queue_timeout")
             assert "0.5 s" in message and "queue_timeout_s" in message
             assert int(waited.headers["retry-after"]) >= 1
             assert backend.stats().waiting == 0, "the timed-out request left the queue"
-        assert not running.done(), "the running request outlived two queue timeouts"
+        assert not running.done(), "the running request outlived three queue timeouts"
         body = (await running).json()
         # Generating for longer than the queue timeout did not touch the request that had the slot.
         assert body["choices"][0]["finish_reason"] == "length"
