@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics) -> JSONResponse:
-    backend = pool.get(body.model)
+    backend = pool.serving(body.model)  # 503 naming why while the model's engine is down
     limits = pool.limits(body.model)
     req = EmbeddingRequest(
         request_id=f"embd-{uuid.uuid4().hex}",
@@ -80,7 +80,7 @@ async def _within(work: Awaitable[T], seconds: float | None) -> T:
 def _served(pool: ModelPool, model: str | None) -> Backend:
     """vLLM's clients may omit ``model``; that is unambiguous only when one model is served."""
     if model is not None:
-        return pool.get(model)
+        return pool.serving(model)
     served = list(pool)
     if len(served) != 1:
         names = ", ".join(b.spec.id for b in served)
