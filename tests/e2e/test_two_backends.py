@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -60,3 +63,40 @@ def test_both_engines_answer_through_the_sdk(both: Server) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="smol-vllm", messages=[{"role": "user", "content": "word " * 3000}])
     assert err.value.code == "context_length_exceeded"
+
+
+def test_tools_structured_output_logprobs_and_n_on_both_engines(both: Server) -> None:
+    """The same SDK calls give valid, OpenAI-shaped answers whichever engine serves the model."""
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    weather: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    client = openai.OpenAI(base_url=f"{both.base_url}/v1", api_key="unused", max_retries=0)
+    for model in ("smol-gguf", "smol-vllm"):
+        called = client.chat.completions.create(
+            model=model,
+            messages=weather,
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,  # a 135M model may repeat a call until max_tokens otherwise
+            temperature=0,
+            max_tokens=60,
+        )
+        calls = called.choices[0].message.tool_calls
+        assert called.choices[0].finish_reason == "tool_calls" and calls, (model, called)
+        for call in calls:
+            jsonschema.validate(json.loads(call.function.arguments), params)  # type: ignore[union-attr]
+        shaped = client.chat.completions.create(
+            model=model,
+            messages=weather,
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": params}},
+            temperature=0,
+            max_tokens=60,
+        )
+        jsonschema.validate(json.loads(shaped.choices[0].message.content or ""), params)
+        scored = client.chat.completions.create(
+            model=model, messages=QUESTION, temperature=0, max_tokens=6, logprobs=True, top_logprobs=2, n=2
+        )
+        assert [c.index for c in scored.choices] == [0, 1], model
+        for choice in scored.choices:
+            assert choice.logprobs is not None and choice.logprobs.content, model
+            assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
