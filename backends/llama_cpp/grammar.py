@@ -32,7 +32,30 @@ _LOOSE_CHAR = r'char ::= [^"\\]'
 _JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
 
 
+# The converter writes a bound like maxLength: n as n nested optional rules, so a client's
+# maxLength of 10**9 would build gigabytes of grammar text; far above any real output anyway.
+MAX_REPEAT_BOUND = 10_000
+_BOUNDS = ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties")
+
+
+def _check_bounds(node: Any, param: str) -> None:
+    if isinstance(node, dict):
+        for key in _BOUNDS:
+            value = node.get(key)
+            if isinstance(value, int) and value > MAX_REPEAT_BOUND:
+                raise InvalidRequest(
+                    f"the JSON schema's {key} of {value} is above the {MAX_REPEAT_BOUND} this server enforces",
+                    param=param,
+                )
+        for child in node.values():
+            _check_bounds(child, param)
+    elif isinstance(node, list):
+        for child in node:
+            _check_bounds(child, param)
+
+
 def _schema_rules(schema: dict[str, Any], *, param: str) -> str:
+    _check_bounds(schema, param)
     try:
         rules = str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # the converter raises bare Exceptions/KeyErrors on what it cannot express

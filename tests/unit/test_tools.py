@@ -7,6 +7,7 @@ import json
 import pytest
 
 from backends import tools as tl
+from backends.errors import InvalidRequest
 from backends.llama_cpp import grammar as gr
 from backends.types import JsonConstraint, Message, ToolCall, ToolCallConstraint, ToolDef
 
@@ -86,3 +87,10 @@ def test_tool_grammar_is_lazy_only_for_auto() -> None:
     assert required.text.startswith('root ::= tool-call ("\\n" tool-call)*')
     single = gr.build(ToolCallConstraint(tools, required=True, parallel=False))
     assert single.text.startswith("root ::= tool-call\n")
+
+
+def test_huge_schema_bounds_are_refused_before_building_a_grammar() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10**9}}}
+    with pytest.raises(InvalidRequest) as err:
+        gr.build(JsonConstraint(schema))
+    assert err.value.param == "response_format" and "maxLength" in err.value.message
