@@ -1,7 +1,7 @@
 """A protocol-conforming fake engine for what a real one cannot do on demand: die mid-stream,
-and refuse to start again.
+refuse to start again, and keep a fixed pace whatever the machine's load.
 
-It streams words `` w0 w1 ...`` one per step. ``crash_after`` makes the next stream kill the
+It streams words `` w0 w1 ...``, one every ``step_s``. ``crash_after`` makes the next stream kill the
 engine after that many tokens (the stream then fails, as every request on a dead engine does);
 ``failing_starts`` makes that many ``start()`` calls fail; ``start_gate``, when set, holds
 ``start()`` until the test opens it, so the test sees the model while it restarts.

@@ -1,4 +1,5 @@
-"""Limits, timeouts, API keys on every route and CORS, on the real model."""
+"""Limits, timeouts, API keys on every route and CORS, on the real model (a fake engine only
+where a fixed pace is needed)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import httpx
 import pytest
 
 from backends.errors import ConfigError
-from server.pool import ModelPool
+from server.app import create_app
+from server.pool import ModelLimits, ModelPool
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
+from tests.fakes import CrashingBackend
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 LONG = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
@@ -69,23 +72,43 @@ async def test_per_model_token_limits(
         assert_openai_error(resp, 400, "context_length_exceeded", "prompt")
 
 
-async def test_request_timeout_before_and_after_the_first_token(
+async def test_request_timeout_before_the_first_token_is_504_and_frees_the_engine(
     app_client: ClientFactory, make_settings: Callable[..., Settings], model_path: Path
 ) -> None:
     async with app_client(limited(model_path, make_settings, request_timeout_s=0.001)) as c:
         resp = await c.post("/v1/chat/completions", json=chat_body(messages=LONG, max_tokens=400))
         assert "0.001 s limit" in assert_openai_error(resp, 504, "timeout")
-    # 400 tokens cannot be generated in 0.5 s on a CPU: the limit falls mid-stream.
-    async with app_client(limited(model_path, make_settings, request_timeout_s=0.5)) as c:
-        resp = await c.post("/v1/chat/completions", json=chat_body(messages=LONG, max_tokens=400, stream=True))
-        assert resp.status_code == 200
-        events = parse_sse(resp.text)
-        assert events[-1] == "[DONE]"
-        assert events[-2]["error"]["code"] == "timeout"
-        assert events[-2]["error"]["type"] == "server_error"
-        # the engine was released: the next request runs
-        ok = await c.post("/v1/chat/completions", json=chat_body(max_tokens=8))
-        assert "Paris" in ok.json()["choices"][0]["message"]["content"]
+        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        for _ in range(3000):  # the engine lets the request go at its next step
+            if backend.stats().running == backend.stats().waiting == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.stats().running == backend.stats().waiting == 0
+
+
+async def test_request_timeout_after_the_first_token_is_an_in_stream_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # A fake engine at a fixed 10 ms a token: how long a real one takes to its first token
+    # depends on the machine's load, so with it the limit could fall before the 200.
+    slow = CrashingBackend("slow", step_s=0.01)
+    pool = ModelPool({"slow": slow}, {"slow": ModelLimits(request_timeout_s=1.0)})
+    await pool.start_all()
+    app = create_app(make_settings(), pool)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as c:
+            body = chat_body(model="slow", max_tokens=10_000, stream=True)
+            resp = await c.post("/v1/chat/completions", json=body)
+            assert resp.status_code == 200
+            events = parse_sse(resp.text)
+            assert events[-1] == "[DONE]"
+            assert events[-2]["error"]["code"] == "timeout"
+            assert events[-2]["error"]["type"] == "server_error"
+            assert "1 s limit" in events[-2]["error"]["message"]
+            deltas = [e for e in events[:-2] if e["choices"] and e["choices"][0]["delta"].get("content")]
+            assert 0 < len(deltas) < 10_000  # cut mid-stream
+            assert slow.running == 0  # the engine stream was closed
 
 
 async def test_keys_guard_every_route_but_the_open_ones(

@@ -157,7 +157,8 @@ async def test_a_crashed_llama_cpp_engine_reports_why_and_is_restarted(
 
         engine._scheduler._native.decode = broken_decode  # the engine thread dies on its next step
         assert_openai_error(await client.post(CHAT, json=chat_body(max_tokens=8)), 503, "backend_unavailable")
-        assert not engine.alive
+        # The requests were failed on the thread's way out; it may take a moment more to end.
+        await until(lambda: not engine.alive, "the engine thread to end")
         assert engine.failure == "RuntimeError: injected decode fault"
         await until(lambda: backend._engine not in (None, engine), "a new llama.cpp engine")  # type: ignore[attr-defined]
         for _ in range(3000):
