@@ -36,10 +36,12 @@ SCHEMALESS = {"GET /openapi.json", "GET /docs", "GET /docs/oauth2-redirect", "GE
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("fuzz")
     config = workdir / "fuzz.yaml"
+    # A generous time limit: n goes up to 128 choices on 4 slots, which on a CPU shared with
+    # other work can take more than 30 s, and a deliberate 504 is not what the fuzzing looks for.
     config.write_text(
         "models:\n"
         f"  - id: {MODEL}\n    path: {model_path}\n"
-        "    options: {n_ctx: 512}\n    max_tokens: 4\n    request_timeout_s: 30\n"
+        "    options: {n_ctx: 512}\n    max_tokens: 4\n    request_timeout_s: 120\n"
     )
     srv = Server(["--config", str(config)], workdir / "server.log")
     try:
