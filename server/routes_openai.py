@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
+from backends.errors import InvalidRequest
 from backends.types import GenerationRequest
 from server.choices import ChoiceState
 from server.deadline import with_deadline
@@ -47,6 +48,12 @@ async def _generate(
         reqs = completion_requests(body, rid, limits)
         wants_logprobs = body.logprobs is not None
         prefixes = [await _echo(backend, r) if body.echo else "" for r in reqs]
+    if len(reqs) * n > settings.max_choices:
+        raise InvalidRequest(
+            f"The request asks for {len(reqs) * n} choices ({len(reqs)} prompt(s) x n={n}); this server "
+            f"generates at most {settings.max_choices} per request (setting max_choices).",
+            param="n",
+        )
     shape = Shape(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
     # Choice index = prompt * n + j, as OpenAI numbers them. Each choice is its own engine request

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are listed ("*" for any)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(default=1024, ge=1)
+    # Choices per request (OpenAI's n, times the prompts of a completions batch): each is an engine
+    # request, so a request asking for more than a model's slots + queue could only ever get 429.
+    max_choices: int = Field(default=16, ge=1, le=8192)
     # Whole-request limit (queueing + generation); a model's own request_timeout_s overrides it.
     request_timeout_s: float | None = Field(default=600.0, gt=0)
     # Most time a request may wait for an engine slot (None: only request_timeout_s bounds it);

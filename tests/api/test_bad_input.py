@@ -166,3 +166,13 @@ async def test_completions_bad_input(client: httpx.AsyncClient) -> None:
 async def test_unknown_route_and_wrong_method_are_openai_shaped(client: httpx.AsyncClient) -> None:
     assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
     assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
+
+
+async def test_more_choices_than_the_server_generates_is_a_400(client: httpx.AsyncClient) -> None:
+    resp = await client.post(CHAT, json=chat_body(n=17, max_tokens=1))
+    assert "at most 16" in assert_openai_error(resp, 400, "invalid_value", "n")
+    body = {"model": MODEL, "prompt": ["a", "b", "c"], "n": 6, "max_tokens": 1}
+    assert "18 choices" in assert_openai_error(
+        await client.post("/v1/completions", json=body), 400, "invalid_value", "n"
+    )
+    await still_serves(client)
