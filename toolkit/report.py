@@ -64,7 +64,7 @@ def markdown(rows: list[Row], reference: str) -> str:
             f"{q.perplexity:.3f}",
             f"{delta:+.2f}%",
             _num(q.kl_divergence, ".4f"),
-            _num(None if q.top1_agreement is None else 100 * q.top1_agreement, ".1f") + "%",
+            "—" if q.top1_agreement is None else f"{100 * q.top1_agreement:.1f}%",
             *_speed_cells(r.speed),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -80,10 +80,10 @@ def kv_markdown(rows: list[KvRow], model: str, n_ctx: int, parallel: int) -> str
     base = rows[0].quality.perplexity
     for r in rows:
         q = r.quality
-        agree = _num(None if q.top1_agreement is None else 100 * q.top1_agreement, ".1f")
+        agree = "—" if q.top1_agreement is None else f"{100 * q.top1_agreement:.1f}%"
         lines.append(
             f"| {r.cache_type} | {r.kv_bytes / MiB:.0f} | {q.perplexity:.3f} | {100 * (q.perplexity / base - 1):+.2f}% "
-            f"| {_num(q.kl_divergence, '.4f')} | {agree}% |"
+            f"| {_num(q.kl_divergence, '.4f')} | {agree} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -118,3 +118,14 @@ def chart(path: Path, rows: list[Row], title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def load_json(path: Path) -> tuple[list[Row], list[KvRow], dict[str, Any]]:
+    """Rows saved by ``save_json`` (to re-draw or re-time a ladder without re-scoring it)."""
+    data = json.loads(path.read_text())
+    rows = [
+        Row(**{**r, "quality": Quality(**r["quality"]), "speed": Speed(**r["speed"]) if r["speed"] else None})
+        for r in data["rows"]
+    ]
+    kv_rows = [KvRow(**{**r, "quality": Quality(**r["quality"])}) for r in data["kv"]]
+    return rows, kv_rows, data["meta"]
