@@ -57,17 +57,32 @@ class Generation:
 
 async def start_all(streams: Sequence[AsyncIterator[GenerationChunk]]) -> list[Generation]:
     """Start every choice's generation at once (so they are batched together, not one after
-    another); if any fails before its first chunk, close the rest and raise that error."""
+    another). The first failure before a first chunk (e.g. queue full) cancels the others at once
+    and is raised: the client gets its real status now, not after the admitted choices' prefill."""
     if len(streams) == 1:
         return [await Generation.start(streams[0])]
-    results = await asyncio.gather(*(Generation.start(s) for s in streams), return_exceptions=True)
-    gens = [r for r in results if isinstance(r, Generation)]
-    failure = next((r for r in results if isinstance(r, BaseException)), None)
-    if failure is not None:
-        for gen in gens:
-            await gen.close()
-        raise failure
-    return gens
+    tasks = [asyncio.ensure_future(Generation.start(s)) for s in streams]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:  # this request itself was cancelled (client gone)
+        await _abandon(tasks)
+        raise
+    failure = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+    if failure is None:
+        return [t.result() for t in tasks]
+    await _abandon(tasks)
+    raise failure
+
+
+async def _abandon(tasks: Sequence[asyncio.Future[Generation]]) -> None:
+    """Cancel choices still starting (Generation.start closes their streams) and close started ones."""
+    for task in tasks:
+        task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                await task.result().close()
 
 
 async def merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, GenerationChunk]]:

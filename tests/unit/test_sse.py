@@ -1,5 +1,6 @@
 """SSE framing and the fold, fed with chunk sequences (pure functions, no engine)."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +11,7 @@ from backends.errors import Overloaded
 from backends.types import GenerationChunk, Usage
 from server.choices import ChoiceState
 from server.responses import Shape
-from server.streaming import Generation, fold, sse_events
+from server.streaming import Generation, fold, sse_events, start_all
 
 USAGE = Usage(prompt_tokens=5, completion_tokens=3)
 
@@ -113,3 +114,30 @@ async def test_closing_a_generation_closes_the_engine_stream() -> None:
         break
     await gen.close()
     assert closed == [True]
+
+
+async def test_start_all_fails_fast_and_closes_the_other_choices() -> None:
+    closed: list[str] = []
+
+    async def stuck() -> AsyncIterator[GenerationChunk]:
+        try:
+            await asyncio.Event().wait()  # an admitted choice still in its prefill
+            yield GenerationChunk("never")
+        finally:
+            closed.append("stuck")
+
+    async def started() -> AsyncIterator[GenerationChunk]:
+        try:
+            yield GenerationChunk("a", tokens=1)
+            await asyncio.Event().wait()
+        finally:
+            closed.append("started")
+
+    async def refused() -> AsyncIterator[GenerationChunk]:
+        await asyncio.sleep(0.01)
+        raise Overloaded("queue full")
+        yield GenerationChunk()  # pragma: no cover - makes this an async generator
+
+    with pytest.raises(Overloaded):
+        await asyncio.wait_for(start_all([stuck(), started(), refused()]), timeout=5)
+    assert sorted(closed) == ["started", "stuck"]
