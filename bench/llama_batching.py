@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,13 +33,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import QuantserveProcess, free_port
+from toolkit.llama_tools import build_tool
 
 log = logging.getLogger("bench")
 
-SDIST = "llama-cpp-python==0.3.36"
-BUILD_ROOT = Path.home() / ".cache" / "quantserve" / "llama-server-build"
-# The flags our llama-cpp-python wheel is built with, so both sides run the same kernels.
-CMAKE_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
 TOPICS = (
     "a lighthouse keeper", "a lost robot", "a dragon who hates gold", "a city under the sea",
     "a time-travelling cat", "the last tree on Mars", "a haunted library", "a pirate chef",
@@ -52,37 +47,6 @@ REFERENCE = "llama-server"
 
 
 # ---------------------------------------------------------------- starting the systems
-
-
-def build_llama_server(root: Path = BUILD_ROOT) -> Path:
-    """Build (once) llama-server from the llama.cpp sources that ship inside the sdist."""
-    binary = root / "build" / "bin" / "llama-server"
-    if binary.exists():
-        return binary
-    sdist_dir = root / "sdist"
-    sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
-    if not sdists:
-        log.info("downloading the %s sdist", SDIST)
-        pip = [sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:", "-d"]
-        subprocess.run([*pip, str(sdist_dir)], check=True)
-        sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
-    src = root / "src"
-    if not (src / "CMakeLists.txt").exists():
-        with tarfile.open(sdists[-1]) as tar:
-            prefix = tar.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-            for m in members:
-                m.name = m.name[len(prefix) :]
-            tar.extractall(src, members=[m for m in members if m.name], filter="data")
-    build = root / "build"
-    configure = ["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"]
-    configure += [*CMAKE_FLAGS, "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
-    log.info("building llama-server in %s (several minutes on 2 cores)", build)
-    subprocess.run(configure, check=True)
-    subprocess.run(
-        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 1)], check=True
-    )
-    return binary
 
 
 @contextmanager
@@ -115,7 +79,7 @@ def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> d
     threads, ctx, par = str(args.threads), args.n_ctx, args.parallel
     if args.start_llama_server:
         port = free_port()
-        cmd = [str(build_llama_server()), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [str(build_tool("llama-server")), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["-t", threads, "-tb", threads, "--parallel", str(par), "-c", str(ctx * par), "-b", str(args.n_batch)]
         cmd += ["-ub", str(args.n_batch), "-fa", "on" if args.flash_attn else "off", "--no-webui"]
         systems[REFERENCE] = stack.enter_context(process(REFERENCE, cmd, f"http://127.0.0.1:{port}", logdir))
