@@ -7,7 +7,7 @@ optional capabilities a backend may lack (``Backend.embed`` / ``tokenize`` / ``d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from backends.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
@@ -101,10 +101,10 @@ def check_dimensions(requested: int | None, size: int) -> None:
         )
 
 
-def check_token_ids(tokens: Sequence[int], n_vocab: int) -> None:
+def check_token_ids(tokens: Iterable[int], n_vocab: int, param: str = "tokens") -> None:
     bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
     if bad is not None:
-        raise InvalidRequest(f"token id {bad} is not in this model's vocabulary (0..{n_vocab - 1}).", param="tokens")
+        raise InvalidRequest(f"token id {bad} is not in this model's vocabulary (0..{n_vocab - 1}).", param=param)
 
 
 def cut_after_final_message(rendered: str, final_content: str) -> str:

@@ -178,11 +178,7 @@ class LlamaCppBackend(Backend):
             return engine.tokenize(text, add_special=False)
         assert req.prompt is not None
         if isinstance(req.prompt, tuple):
-            bad = next((t for t in req.prompt if not 0 <= t < engine.n_vocab), None)
-            if bad is not None:
-                raise InvalidRequest(
-                    f"the prompt holds token id {bad}; this model's ids are 0..{engine.n_vocab - 1}", param="prompt"
-                )
+            check_token_ids(req.prompt, engine.n_vocab, "prompt")
             if req.suffix is not None:
                 raise UnsupportedParameter("'suffix' needs a text prompt, not token ids", param="suffix")
             return list(req.prompt)

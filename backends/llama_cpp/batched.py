@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from backends.embeddings import check_token_ids
 from backends.errors import ConfigError, ContextLengthExceeded, InvalidRequest
 from backends.llama_cpp import grammar as gr
 from backends.llama_cpp import sampling as smp
@@ -181,12 +182,7 @@ class BatchedEngine:
         queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         limit = self._completion_limit(prompt_tokens, sampling)
-        for token, _ in sampling.logit_bias:
-            if not 0 <= token < self._native.n_vocab:
-                raise InvalidRequest(
-                    f"logit_bias names token {token}; this model's token ids are 0..{self._native.n_vocab - 1}",
-                    param="logit_bias",
-                )
+        check_token_ids((token for token, _ in sampling.logit_bias), self._native.n_vocab, "logit_bias")
         grammar = self._grammar(constraint)
         if limit == 0:
             yield GenerationChunk(finish_reason="length", usage=Usage(len(prompt_tokens), 0))

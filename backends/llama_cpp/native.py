@@ -17,6 +17,7 @@ from typing import Any
 
 import llama_cpp as lc
 
+from backends.embeddings import check_token_ids
 from backends.errors import BackendStartupError, BackendUnavailable, ConfigError, InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -222,11 +223,7 @@ class NativeModel:
     def detokenize(self, tokens: list[int]) -> str:
         """Text of ``tokens``, special tokens written out (as Hugging Face's ``decode`` does);
         ids are checked against the vocabulary first, llama.cpp does not check them."""
-        bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
-        if bad is not None:
-            raise InvalidRequest(
-                f"token id {bad} is not in this model's vocabulary (0..{self.n_vocab - 1})", param="tokens"
-            )
+        check_token_ids(tokens, self.n_vocab)
         ids = (lc.llama_token * max(1, len(tokens)))(*tokens)
         cap = 8 * len(tokens) + 16
         with self._close_lock:

@@ -348,12 +348,7 @@ class VllmBackend(Backend):
             check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
             return list(tok.encode(text, add_special_tokens=False))
         if isinstance(req.prompt, tuple):
-            size = len(tok)
-            bad = next((t for t in req.prompt if not 0 <= t < size), None)
-            if bad is not None:
-                raise InvalidRequest(
-                    f"the prompt holds token id {bad}; this model's ids are 0..{size - 1}", param="prompt"
-                )
+            check_token_ids(req.prompt, len(tok), "prompt")
             return list(req.prompt)
         check_unicode(req.prompt or "", "prompt")
         return list(tok.encode(req.prompt or "", add_special_tokens=True))
