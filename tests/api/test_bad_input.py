@@ -176,3 +176,11 @@ async def test_more_choices_than_the_server_generates_is_a_400(client: httpx.Asy
         await client.post("/v1/completions", json=body), 400, "invalid_value", "n"
     )
     await still_serves(client)
+
+
+async def test_bad_completion_prompt_shapes_name_the_prompt(client: httpx.AsyncClient) -> None:
+    url = "/v1/completions"
+    for prompt in ([1, 999999], [[5], [-1]], [], ["x"] * 65):
+        resp = await client.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 1})
+        assert_openai_error(resp, 400, "invalid_value", "prompt")
+    await still_serves(client)
