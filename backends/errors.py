@@ -1,5 +1,5 @@
 """The one exception hierarchy. Backends translate native engine errors into these at their
-boundary; ``server.errors`` maps each class to an HTTP status once."""
+boundary; ``server.http.errors`` maps each class to an HTTP status once."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from server.model_store import ensure_default_model
+from server.runtime.model_store import ensure_default_model
 from server.settings import DEFAULT_MODELS_DIR
 from toolkit.llama_tools import build_tool
 from toolkit.perplexity import GgufScorer, evaluate, heldout_text

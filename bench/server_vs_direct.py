@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import QuantserveProcess, StreamTiming, median, stream_completion
-from server.model_store import ensure_default_model
+from server.runtime.model_store import ensure_default_model
 from server.settings import DEFAULT_MODELS_DIR
 
 log = logging.getLogger("bench")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from backends.vllm.prepare import default_fixtures
 from bench.common import QuantserveProcess, StreamTiming, free_port, median, stream_completion
 from server.settings import DEFAULT_MODELS_DIR
+from toolkit.hf_prepare import default_fixtures
 
 log = logging.getLogger("bench")
 PROMPT = "Once upon a time, in a small village by the sea, there lived"

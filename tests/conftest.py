@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
-from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.http.app import create_app
+from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.settings import DEFAULT_MODELS_DIR, ModelConfig, Settings, load_settings
 
 MODEL_ID = DEFAULT_MODEL_ID

@@ -1,12 +1,12 @@
 """GPTQ / AWQ (W4A16) and INT8 W8A8 compressed-tensors checkpoints through llm-compressor, in
-its own venv, with the machinery the vLLM fixtures use (``backends.vllm.prepare``)."""
+its own venv, with the machinery the vLLM fixtures use (``toolkit.hf_prepare``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from backends.vllm.prepare import CALIBRATION_TEXT, gguf_to_hf_bf16, quantize
+from toolkit.hf_prepare import CALIBRATION_TEXT, gguf_to_hf_bf16, quantize
 
 HfMethod = Literal["gptq", "awq", "w8a8"]
 HF_METHODS: tuple[HfMethod, ...] = ("gptq", "awq", "w8a8")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.metrics import Metrics
+from server.runtime.metrics import Metrics
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from backends.errors import ConfigError
-from server.app import create_app
-from server.pool import ModelLimits, ModelPool
+from server.http.app import create_app
+from server.runtime.pool import ModelLimits, ModelPool
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
 from tests.fakes import CrashingBackend

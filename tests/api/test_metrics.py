@@ -1,4 +1,4 @@
-"""/metrics and the metrics wrapper (server.observe) on the real SmolLM2 GGUF, in process."""
+"""/metrics and the metrics wrapper (server.runtime.observe) on the real SmolLM2 GGUF, in process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.types import GenerationChunk, GenerationRequest, Message, SamplingParams
-from server.metrics import Metrics
-from server.observe import observe
+from server.runtime.metrics import Metrics
+from server.runtime.observe import observe
 from server.settings import Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
 

@@ -20,10 +20,10 @@ import pytest
 from backends.device import detect_device
 from backends.registry import create_backend
 from backends.types import ModelFormat, ModelSpec
-from server.app import create_app
-from server.pool import ModelPool
+from server.http.app import create_app
+from server.runtime.pool import ModelPool
+from server.runtime.supervisor import RestartPolicy
 from server.settings import Settings
-from server.supervisor import RestartPolicy
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
 from tests.fakes import CrashingBackend
 
@@ -147,7 +147,7 @@ async def test_after_max_restarts_the_model_stays_unavailable_with_the_reason(
 async def test_a_crashed_llama_cpp_engine_reports_why_and_is_restarted(
     model_path: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="server.supervisor")
+    caplog.set_level(logging.ERROR, logger="server.runtime.supervisor")
     async with serve(model_path, make_settings(), CrashingBackend(FAKE)) as (client, pool):
         backend = pool.get(MODEL)
         engine = backend._engine  # type: ignore[attr-defined]

@@ -34,8 +34,8 @@ from backends.types import (
     ToolCallConstraint,
     ToolDef,
 )
-from backends.vllm.prepare import default_fixtures
 from tests.marks import ENGINE_NOISE
+from toolkit.hf_prepare import default_fixtures
 
 pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 

@@ -20,7 +20,7 @@ import schemathesis
 from schemathesis import GenerationMode
 from starlette.routing import Route
 
-from server.app import create_app
+from server.http.app import create_app
 from server.settings import load_settings
 from tests.e2e.conftest import Server
 

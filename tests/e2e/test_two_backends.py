@@ -11,8 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from backends.vllm.prepare import default_fixtures
 from tests.e2e.conftest import Server
+from toolkit.hf_prepare import default_fixtures
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from server.cli import app
+from server.cli.main import app
 from toolkit.gguf_inspect import inspect_model
 
 

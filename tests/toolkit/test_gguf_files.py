@@ -45,7 +45,7 @@ def test_inspect_reports_the_type_mix(ladder: dict[str, Path]) -> None:
 
 
 def test_inspect_hf_checkpoint_shows_its_quantization_config(model_path: Path) -> None:
-    from backends.vllm.prepare import default_fixtures, is_complete
+    from toolkit.hf_prepare import default_fixtures, is_complete
 
     w4 = default_fixtures(model_path.parent)["w4a16"]
     if not is_complete(w4):

@@ -11,7 +11,7 @@ from backends.device import detect_device
 from backends.formats import detect_format
 from backends.registry import select_backend
 from backends.types import ModelFormat, ModelSpec
-from backends.vllm.prepare import default_fixtures, is_complete
+from toolkit.hf_prepare import default_fixtures, is_complete
 
 
 @pytest.mark.parametrize(("fixture", "modifier"), [("w4a16", "GPTQModifier"), ("w4a16_awq", "AWQModifier")])

@@ -35,7 +35,7 @@ def test_kv_bytes_follow_the_cache_type(model_path: Path) -> None:
 
 
 def test_hf_config_gives_the_same_shape(model_path: Path) -> None:
-    from backends.vllm.prepare import default_fixtures
+    from toolkit.hf_prepare import default_fixtures
 
     bf16 = default_fixtures(model_path.parent)["bf16"]
     if not (bf16 / "config.json").is_file():

@@ -16,7 +16,7 @@ from backends.embeddings import (
 )
 from backends.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from backends.llama_cpp.embedding import pack, resolve_pooling, unit_float32
-from server.protocol_extra import EmbeddingBody
+from server.openai.embedding_protocol import EmbeddingBody
 
 
 def test_pack_keeps_order_and_fits_every_group() -> None:

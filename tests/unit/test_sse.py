@@ -9,9 +9,9 @@ import pytest
 
 from backends.errors import Overloaded
 from backends.types import GenerationChunk, Usage
-from server.choices import ChoiceState
-from server.responses import Shape
-from server.streaming import Generation, fold, sse_events, start_all
+from server.openai.choices import ChoiceState
+from server.openai.responses import ResponseRenderer
+from server.openai.streaming import Generation, fold, sse_events, start_all
 
 USAGE = Usage(prompt_tokens=5, completion_tokens=3)
 
@@ -32,7 +32,7 @@ def story() -> AsyncIterator[GenerationChunk]:
     )
 
 
-async def frames(shape: Shape, source: AsyncIterator[GenerationChunk], include_usage: bool) -> list[Any]:
+async def frames(shape: ResponseRenderer, source: AsyncIterator[GenerationChunk], include_usage: bool) -> list[Any]:
     gen = await Generation.start(source)
     out = []
     async for event in sse_events([gen], [ChoiceState(0)], shape, include_usage=include_usage):
@@ -41,7 +41,7 @@ async def frames(shape: Shape, source: AsyncIterator[GenerationChunk], include_u
 
 
 async def test_chat_stream_is_role_then_deltas_then_finish_then_usage_then_done() -> None:
-    out = await frames(Shape(id="c1", model="m", chat=True), story(), include_usage=True)
+    out = await frames(ResponseRenderer(id="c1", model="m", chat=True), story(), include_usage=True)
     assert out[-1] == "[DONE]"
     bodies = out[:-1]
     assert all(b["object"] == "chat.completion.chunk" and b["id"] == "c1" for b in bodies)
@@ -60,13 +60,13 @@ async def test_chat_stream_is_role_then_deltas_then_finish_then_usage_then_done(
 
 
 async def test_without_include_usage_there_is_no_usage_key_or_chunk() -> None:
-    out = await frames(Shape(id="c1", model="m", chat=True), story(), include_usage=False)
+    out = await frames(ResponseRenderer(id="c1", model="m", chat=True), story(), include_usage=False)
     assert all("usage" not in b for b in out[:-1])
     assert len(out) == 5  # role, 2 deltas, finish, [DONE]
 
 
 async def test_completion_stream_has_text_choices_and_no_role_chunk() -> None:
-    out = await frames(Shape(id="x", model="m", chat=False), story(), include_usage=False)
+    out = await frames(ResponseRenderer(id="x", model="m", chat=False), story(), include_usage=False)
     assert [b["choices"][0]["text"] for b in out[:-1]] == ["Hel", "lo", ""]
     assert out[-2]["choices"][0]["finish_reason"] == "length"
     assert all(b["object"] == "text_completion" for b in out[:-1])
@@ -74,7 +74,7 @@ async def test_completion_stream_has_text_choices_and_no_role_chunk() -> None:
 
 async def test_error_after_first_token_becomes_one_error_event_then_done() -> None:
     source = chunks(GenerationChunk("a", tokens=1), RuntimeError("/secret/path exploded"))
-    out = await frames(Shape(id="c", model="m", chat=True), source, include_usage=False)
+    out = await frames(ResponseRenderer(id="c", model="m", chat=True), source, include_usage=False)
     assert out[-1] == "[DONE]"
     assert out[-2] == {
         "error": {
@@ -92,7 +92,9 @@ async def test_error_before_first_token_propagates_so_http_status_survives() -> 
 
 
 async def test_fold_joins_deltas_into_one_response() -> None:
-    body = await fold([await Generation.start(story())], [ChoiceState(0)], Shape(id="c", model="m", chat=True))
+    body = await fold(
+        [await Generation.start(story())], [ChoiceState(0)], ResponseRenderer(id="c", model="m", chat=True)
+    )
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
     assert body["choices"][0]["finish_reason"] == "length"

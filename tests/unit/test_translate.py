@@ -3,8 +3,8 @@ from pydantic import ValidationError
 
 from backends.errors import UnsupportedParameter
 from backends.types import JsonConstraint, ToolCall, ToolCallConstraint
-from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.translate import chat_request, choices, completion_request, completion_requests
+from server.openai.protocol import ChatCompletionRequest, CompletionRequest
+from server.openai.translate import chat_request, choices, completion_request, completion_requests
 
 MSG = [{"role": "user", "content": "hi"}]
 

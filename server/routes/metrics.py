@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from server.metrics import Metrics, get_metrics
+from server.runtime.metrics import Metrics, get_metrics
 
 router = APIRouter()
 

@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 
 from backends.types import GenerationChunk
-from server.choices import ChoiceState, total_usage
-from server.errors import sse_error_payload
-from server.responses import Shape
+from server.http.errors import sse_error_payload
+from server.openai.choices import ChoiceState, total_usage
+from server.openai.responses import ResponseRenderer
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,12 @@ async def _close(chunks: AsyncIterator[Any]) -> None:
 
 
 async def sse_events(
-    gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, *, include_usage: bool, n: int = 1
+    gens: Sequence[Generation],
+    states: Sequence[ChoiceState],
+    shape: ResponseRenderer,
+    *,
+    include_usage: bool,
+    n: int = 1,
 ) -> AsyncIterator[dict[str, Any]]:
     """role chunks -> deltas (content, tool calls) -> finish chunks -> optional usage -> [DONE]."""
 
@@ -166,7 +171,9 @@ async def sse_events(
     yield {"data": DONE}
 
 
-async def fold(gens: Sequence[Generation], states: Sequence[ChoiceState], shape: Shape, n: int = 1) -> dict[str, Any]:
+async def fold(
+    gens: Sequence[Generation], states: Sequence[ChoiceState], shape: ResponseRenderer, n: int = 1
+) -> dict[str, Any]:
     """A non-streamed response is the same streams, collected."""
     stream = merged(gens)
     try:

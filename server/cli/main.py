@@ -12,10 +12,10 @@ import typer
 import uvicorn
 
 from backends.errors import QuantserveError
-from server.app import create_app
-from server.cli_quant import register as register_quant_commands
-from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
-from server.pool import ModelPool
+from server.cli.quant import register as register_quant_commands
+from server.http.app import create_app
+from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.runtime.pool import ModelPool
 from server.settings import ModelConfig, Settings, load_settings
 
 log = logging.getLogger("quantserve")
@@ -103,7 +103,7 @@ def prepare(
         raise _fail(exc, 1) from None
     log.info("%s: %s", DEFAULT_MODEL_ID, path)
     if vllm:
-        from backends.vllm.prepare import PrepareError, prepare_all
+        from toolkit.hf_prepare import PrepareError, prepare_all
 
         try:
             for name, fixture in prepare_all(settings.models_dir).items():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
@@ -13,17 +12,17 @@ from sse_starlette import EventSourceResponse
 from backends.base import Backend
 from backends.errors import InvalidRequest
 from backends.types import GenerationRequest
-from server.choices import ChoiceState
-from server.deadline import with_deadline
-from server.deps import get_pool, get_settings
-from server.metrics import Metrics, get_metrics
-from server.observe import observe
-from server.pool import ModelPool
-from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.responses import Shape
+from server.http.deps import get_pool, get_settings
+from server.openai.choices import ChoiceState
+from server.openai.protocol import ChatCompletionRequest, CompletionRequest
+from server.openai.responses import ResponseRenderer
+from server.openai.streaming import fold, sse_events, start_all
+from server.openai.translate import chat_request, choices, completion_requests
+from server.runtime.deadline import with_deadline
+from server.runtime.metrics import Metrics, get_metrics
+from server.runtime.observe import observe
+from server.runtime.pool import ModelPool
 from server.settings import Settings
-from server.streaming import fold, sse_events, start_all
-from server.translate import chat_request, choices, completion_requests
 
 router = APIRouter(prefix="/v1")
 
@@ -54,7 +53,7 @@ async def _generate(
             f"generates at most {settings.max_choices} per request (setting max_choices).",
             param="n",
         )
-    shape = Shape(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
+    shape = ResponseRenderer(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
     # Choice index = prompt * n + j, as OpenAI numbers them. Each choice is its own engine request
     # (batched together by the engine). The deadline sits inside observe, so a timeout is counted
@@ -97,28 +96,3 @@ async def chat_completions(
 @router.post("/completions")
 async def completions(body: CompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics) -> Response:
     return await _generate(body, pool, settings, metrics)
-
-
-def _model_card(backend: Backend, created: int) -> dict[str, Any]:
-    info = backend.info()
-    return {
-        "id": info.model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": "quantserve",
-        "context_length": info.context_length,
-        "backend": info.backend,
-        "format": info.format,
-        "quantization": info.quantization,
-    }
-
-
-@router.get("/models")
-async def list_models(pool: Pool) -> dict[str, Any]:
-    created = int(time.time())
-    return {"object": "list", "data": [_model_card(b, created) for b in pool]}
-
-
-@router.get("/models/{model_id:path}")
-async def get_model(model_id: str, pool: Pool) -> dict[str, Any]:
-    return _model_card(pool.get(model_id), int(time.time()))

@@ -9,7 +9,7 @@ import uuid
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import PayloadTooLarge, send_error
+from server.http.errors import PayloadTooLarge, send_error
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

@@ -43,7 +43,7 @@ LLMCOMPRESSOR_PINS: tuple[str, ...] = (
 )
 
 JOB_SCRIPT = Path(__file__).with_name("_llmcompressor_job.py")
-CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
+CALIBRATION_TEXT = Path(__file__).parent / "data" / "calibration.txt"
 COMPLETE_MARKER = ".quantserve-complete"
 
 Scheme = Literal["W8A8", "W4A16"]

@@ -9,19 +9,19 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from backends.base import Backend
-from server import routes_extra, routes_health, routes_metrics, routes_openai
-from server.auth import ApiKeyMiddleware
-from server.errors import install_error_handlers
-from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
-from server.pool import ModelPool
+from server.http.auth import ApiKeyMiddleware
+from server.http.errors import install_error_handlers
+from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
+from server.routes import completions, embeddings, health, metrics, models, tokenize
+from server.runtime.metrics import Metrics
+from server.runtime.pool import ModelPool
 from server.settings import Settings
 
 
 def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
     """Build the app. Given a ``pool`` whose models are already started (the CLI does that, so a
     load failure is a clean start-up error), the app only stops it on shutdown; without one,
-    the lifespan builds and starts the pool itself (tests, ``uvicorn server.app:...``)."""
+    the lifespan builds and starts the pool itself (tests, ``uvicorn server.http.app:...``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,8 +56,6 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.include_router(routes_health.router)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_extra.router)
-    app.include_router(routes_metrics.router)
+    for routes in (health, completions, models, embeddings, tokenize, metrics):
+        app.include_router(routes.router)
     return app

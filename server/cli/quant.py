@@ -127,7 +127,7 @@ def quantize(
                 bars.add_task(f"quantize {src.name} -> {kind.upper()}", total=None)
                 quantize_gguf(src, dst, kind, imatrix=matrix, threads=threads)
         elif kind.lower() in quantize_hf.HF_METHODS:
-            from backends.vllm.prepare import CALIBRATION_TEXT, PrepareError
+            from toolkit.hf_prepare import CALIBRATION_TEXT, PrepareError
 
             method = kind.lower()
             with _bars() as bars:
@@ -172,7 +172,7 @@ def evaluate(
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement vs the reference, speed, size and memory:
     of the given models, or (--ladder) of every quantization level of one model."""
-    from server.model_store import ensure_default_model
+    from server.runtime.model_store import ensure_default_model
     from server.settings import load_settings
     from toolkit import report
     from toolkit.ladder import LadderConfig, LadderResult, evaluate_variants, run_ladder

@@ -1,4 +1,4 @@
-"""OpenAI request models. Validation failures become 400s naming the field (server.errors).
+"""OpenAI request models. Validation failures become 400s naming the field (server.http.errors).
 
 Fields OpenAI defines that we do not implement yet are declared, so a client that sends them
 gets a clear ``unsupported_parameter`` instead of having them silently ignored; fields

@@ -10,7 +10,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import AuthenticationError, send_error
+from server.http.errors import AuthenticationError, send_error
 
 
 def check_key(authorization: str, keys: tuple[str, ...]) -> None:

@@ -17,8 +17,7 @@ from backends.types import (
     ToolCallConstraint,
     ToolDef,
 )
-from server.pool import ModelLimits
-from server.protocol import (
+from server.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     JsonObjectFormat,
@@ -26,6 +25,7 @@ from server.protocol import (
     NamedToolChoice,
     _SamplingFields,
 )
+from server.runtime.pool import ModelLimits
 
 # field -> predicate on its value saying "this asks for behaviour we do not have yet".
 _Check = Callable[[Any], bool]

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import anyio
 
 from backends.types import GenerationChunk
-from server.errors import RequestTimeout
+from server.http.errors import RequestTimeout
 
 
 async def with_deadline(

@@ -1,6 +1,6 @@
 """llm-compressor job: quantize one HF checkpoint (run in llm-compressor's own venv).
 
-Started by ``backends.vllm.prepare.quantize`` as a subprocess; it imports nothing from
+Started by ``toolkit.hf_prepare.quantize`` as a subprocess; it imports nothing from
 quantserve, because its venv pins a compressed-tensors that the vLLM venv does not accept.
 
     python _llmcompressor_job.py --src DIR --out DIR --scheme W8A8|W4A16 --method gptq|awq \

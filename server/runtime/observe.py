@@ -26,8 +26,8 @@ import anyio
 
 from backends.base import Backend
 from backends.types import GenerationChunk
-from server.errors import classify
-from server.metrics import Metrics
+from server.http.errors import classify
+from server.runtime.metrics import Metrics
 
 NO_FINISH = "none"
 

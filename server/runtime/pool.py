@@ -12,9 +12,9 @@ from backends.errors import BackendUnavailable, ConfigError, ModelNotFound
 from backends.formats import detect_format
 from backends.registry import create_backend
 from backends.types import Device, ModelSpec
-from server.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
+from server.runtime.supervisor import RestartPolicy, Supervisor
 from server.settings import ModelConfig, Settings
-from server.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _queue_timeout(config: ModelConfig, settings: Settings, backend: Backend) ->
 
 class ModelPool:
     """The served models. Once started, a supervisor restarts any engine that dies (see
-    ``server.supervisor``); ``serving`` refuses a model that is down, naming why."""
+    ``server.runtime.supervisor``); ``serving`` refuses a model that is down, naming why."""
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 Names follow Prometheus conventions (``quantserve_`` prefix, base units in the name, counters end
 in ``_total``); labels come from a closed set. Per-request figures are recorded by
-``server.observe`` around the backend stream; engine load (running, waiting, KV-cache usage) and
+``server.runtime.observe`` around the backend stream; engine load (running, waiting, KV-cache usage) and
 the model info are read from the backends at scrape time by ``EngineCollector``.
 """
 
@@ -96,7 +96,7 @@ class EngineCollector(Collector):
 
 
 class Metrics:
-    """The app's registry and the per-request instruments ``server.observe`` records into."""
+    """The app's registry and the per-request instruments ``server.runtime.observe`` records into."""
 
     def __init__(self, backends: Callable[[], Iterable[Backend]]) -> None:
         self.registry = CollectorRegistry()
@@ -149,7 +149,7 @@ class Metrics:
             registry=r,
         )
         r.register(EngineCollector(backends))
-        # Observed streams in flight per model (server.observe), to know when one ran alone.
+        # Observed streams in flight per model (server.runtime.observe), to know when one ran alone.
         self.in_flight: dict[str, int] = {}
 
 

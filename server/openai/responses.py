@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.types import TokenLogprob, ToolCall, Usage
-from server.choices import ChoiceState, Delta
+from server.openai.choices import ChoiceState, Delta
 
 
 def usage_dict(usage: Usage | None) -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def _call_dict(call: ToolCall) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Shape:
+class ResponseRenderer:
     """Everything that differs between /v1/chat/completions and /v1/completions."""
 
     id: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from server.pool import ModelPool
+from server.runtime.pool import ModelPool
 from server.settings import Settings
 
 

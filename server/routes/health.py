@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from server.deps import get_pool
-from server.pool import ModelPool
+from server.http.deps import get_pool
+from server.runtime.pool import ModelPool
 
 router = APIRouter()
 

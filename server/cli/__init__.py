@@ -1,0 +1,1 @@
+"""The ``quantserve`` command: serving, model preparation, and the quantization toolkit commands."""

@@ -1,0 +1,1 @@
+"""One module per route family; each parses, picks the model, calls the engine and answers."""

@@ -1,0 +1,1 @@
+"""What runs behind the routes: the model pool, engine supervision, deadlines, metrics, the models cache."""
