@@ -118,14 +118,3 @@ def chart(path: Path, rows: list[Row], title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def load_json(path: Path) -> tuple[list[Row], list[KvRow], dict[str, Any]]:
-    """Rows saved by ``save_json`` (to re-draw or re-time a ladder without re-scoring it)."""
-    data = json.loads(path.read_text())
-    rows = [
-        Row(**{**r, "quality": Quality(**r["quality"]), "speed": Speed(**r["speed"]) if r["speed"] else None})
-        for r in data["rows"]
-    ]
-    kv_rows = [KvRow(**{**r, "quality": Quality(**r["quality"])}) for r in data["kv"]]
-    return rows, kv_rows, data["meta"]

@@ -16,7 +16,3 @@ def get_pool(request: Request) -> ModelPool:
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-def request_id(request: Request) -> str:
-    return str(request.state.request_id)

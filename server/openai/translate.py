@@ -223,13 +223,3 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if len(prompt) > MAX_PROMPTS:
         raise InvalidRequest(f"at most {MAX_PROMPTS} prompts are allowed per request.", param="prompt")
     return [p if isinstance(p, str) else tuple(p) for p in prompt]
-
-
-def completion_request(
-    req: CompletionRequest,
-    request_id: str,
-    limits: ModelLimits = ModelLimits(),  # noqa: B008 - immutable
-) -> GenerationRequest:
-    """The single-prompt case (tests and callers that send one prompt)."""
-    (out,) = completion_requests(req, request_id, limits)
-    return out

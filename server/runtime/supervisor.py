@@ -45,7 +45,6 @@ class ModelHealth:
 
     state: State = "serving"
     reason: str = ""
-    restarts: int = 0  # successful restarts since the server started
     attempts: int = 0  # restart attempts in the current budget
     healthy_since: float = 0.0
 
@@ -79,9 +78,6 @@ class Supervisor:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    def health(self, model_id: str) -> ModelHealth:
-        return self._health[model_id]
 
     def unavailable(self, model_id: str) -> str | None:
         """Why the model cannot serve now (restarting or given up), or None."""
@@ -121,7 +117,6 @@ class Supervisor:
                 log.error("model %s: restart attempt %d failed: %s", model_id, health.attempts, last)
                 continue
             health.state, health.reason = "serving", ""
-            health.restarts += 1
             health.healthy_since = time.monotonic()
             log.warning("model %s: engine restarted (attempt %d)", model_id, health.attempts)
             return

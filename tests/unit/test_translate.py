@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from backends.errors import UnsupportedParameter
 from backends.types import JsonConstraint, ToolCall, ToolCallConstraint
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
-from server.openai.translate import chat_request, choices, completion_request, completion_requests
+from server.openai.translate import chat_request, choices, completion_requests
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -158,7 +158,7 @@ def test_tool_turns_are_carried_into_the_request() -> None:
 
 
 def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> None:
-    req = completion_request(CompletionRequest.model_validate({"model": "m", "prompt": ["Once"]}), "r")
+    (req,) = completion_requests(CompletionRequest.model_validate({"model": "m", "prompt": ["Once"]}), "r")
     assert req.prompt == "Once"
     assert req.sampling.max_tokens == 16
 
@@ -170,7 +170,7 @@ def test_completion_defaults_to_16_tokens_and_unwraps_single_prompt_list() -> No
 def test_unimplemented_completion_fields_are_refused_by_name(field: str, value: object) -> None:
     body = {"model": "m", "prompt": "x", field: value}
     with pytest.raises(UnsupportedParameter) as err:
-        completion_request(CompletionRequest.model_validate(body), "r")
+        completion_requests(CompletionRequest.model_validate(body), "r")
     assert err.value.param == field
 
 
