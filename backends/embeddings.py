@@ -7,7 +7,7 @@ optional capabilities a backend may lack (``Backend.embed`` / ``tokenize`` / ``d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from backends.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
@@ -101,12 +101,6 @@ def check_dimensions(requested: int | None, size: int) -> None:
         )
 
 
-def check_token_ids(tokens: Iterable[int], n_vocab: int, param: str = "tokens") -> None:
-    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
-    if bad is not None:
-        raise InvalidRequest(f"token id {bad} is not in this model's vocabulary (0..{n_vocab - 1}).", param=param)
-
-
 def cut_after_final_message(rendered: str, final_content: str) -> str:
     """``continue_final_message``: the conversation rendered without a generation prompt, cut
     right after the last message's text so its end-of-turn marker is gone (as transformers'
@@ -120,11 +114,3 @@ def cut_after_final_message(rendered: str, final_content: str) -> str:
             param="messages",
         )
     return rendered[: at + len(final)]
-
-
-def check_unicode(text: str, param: str | None) -> None:
-    """JSON may carry a lone surrogate (\\ud800), which no tokenizer can encode: a 400, not a crash."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)", param=param) from None

@@ -45,12 +45,17 @@ def detect_format(path: Path) -> ModelFormat:
     raise ConfigError(f"model directory {path.name!r} has neither safetensors weights nor a quantization_config")
 
 
-def quantization_of(path: Path, fmt: ModelFormat) -> str:
-    """A short label for the info metric and /v1/models (e.g. ``Q4_1``, ``gptq-w4a16``)."""
-    if fmt is ModelFormat.GGUF:
-        # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "Q4_1"; the backend refines it from metadata.
-        parts = path.stem.split(".")
-        return parts[-1] if len(parts) > 1 else "gguf"
-    if fmt is ModelFormat.SAFETENSORS:
-        return "none"
-    return str(fmt.value)
+# GGUF general.file_type -> the name users know (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
+GGUF_FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}  # fmt: skip
+
+
+def gguf_file_type_name(value: object, unknown: str = "unknown") -> str:
+    """``general.file_type`` (an int, or its text as llama.cpp's metadata gives it) as a name."""
+    try:
+        return GGUF_FILE_TYPES.get(int(str(value)), unknown)
+    except ValueError:
+        return unknown

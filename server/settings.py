@@ -8,10 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from backends.cache import cache_root
 from backends.errors import ConfigError, field_problems
 from backends.types import ModelFormat
 
-DEFAULT_MODELS_DIR = Path("~/.cache/quantserve/models").expanduser()
+DEFAULT_MODELS_DIR = cache_root() / "models"
 
 
 class ModelConfig(BaseModel):

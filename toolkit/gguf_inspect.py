@@ -9,15 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.formats import detect_format
+from backends.formats import detect_format, gguf_file_type_name
 from backends.types import ModelFormat
-
-# general.file_type -> llama.cpp's LLAMA_FTYPE_MOSTLY_* name.
-FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +63,7 @@ def inspect_gguf(path: Path) -> ModelReport:
         file_bytes=path.stat().st_size,
         context_length=int(meta(f"{arch}.context_length", 0)),
         chat_template=meta("tokenizer.chat_template") is not None,
-        file_type=FILE_TYPES.get(int(file_type), str(file_type)) if file_type is not None else "",
+        file_type=gguf_file_type_name(file_type, str(file_type)) if file_type is not None else "",
         type_mix=dict(mix.most_common()),
         type_params=dict(params.most_common()),
         bits_per_weight=8 * tensor_bytes / max(n_params, 1),

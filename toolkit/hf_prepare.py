@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from backends.cache import cache_root
+
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("QUANTSERVE_CACHE", Path.home() / ".cache" / "quantserve"))
+CACHE_DIR = cache_root()
 MODELS_DIR = CACHE_DIR / "models"
 VENVS_DIR = CACHE_DIR / "venvs"
 LLMCOMPRESSOR_VENV = VENVS_DIR / "llmcompressor"

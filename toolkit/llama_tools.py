@@ -11,10 +11,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+from backends.cache import cache_root
+
 logger = logging.getLogger(__name__)
 
 SDIST = "llama-cpp-python==0.3.36"
-BUILD_ROOT = Path.home() / ".cache" / "quantserve" / "llama-server-build"
+BUILD_ROOT = cache_root() / "llama-server-build"
 # The flags our llama-cpp-python wheel is built with, so both sides run the same kernels.
 CMAKE_FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON")
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 from backends import memplan
 from backends.base import Backend, BackendOptions
 from backends.chat_template import ChatTemplate
+from backends.checks import check_prompt_fits, check_token_ids
 from backends.embeddings import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -18,17 +19,16 @@ from backends.embeddings import (
     TokenizeResult,
     check_dimensions,
     check_input_lengths,
-    check_token_ids,
     cut_after_final_message,
     input_tokens,
 )
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
-    ContextLengthExceeded,
     InvalidRequest,
     UnsupportedParameter,
 )
+from backends.formats import gguf_file_type_name
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
 from backends.types import (
@@ -50,12 +50,6 @@ if TYPE_CHECKING:  # both import llama_cpp, which this module must not import be
 
 log = logging.getLogger(__name__)
 
-# GGUF general.file_type -> the name users know (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
-_FILE_TYPES = {
-    "0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1",
-    "10": "Q2_K", "11": "Q3_K_S", "12": "Q3_K_M", "13": "Q3_K_L", "14": "Q4_K_S", "15": "Q4_K_M",
-    "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16",
-}  # fmt: skip
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
@@ -156,7 +150,7 @@ class LlamaCppBackend(Backend):
             model_id=self.spec.id,
             device=self._device,
             format=self.spec.format.value,
-            quantization=_FILE_TYPES.get(file_type, "unknown"),
+            quantization=gguf_file_type_name(file_type),
             kv_cache_dtype=f"k:{self._opts.cache_type_k},v:{self._opts.cache_type_v}",
             context_length=engine.n_ctx if engine else self._opts.n_ctx,
         )
@@ -199,7 +193,13 @@ class LlamaCppBackend(Backend):
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
         tokens = self.tokenize_request(req)
-        _check_context(tokens, req, engine.n_ctx)
+        check_prompt_fits(
+            len(tokens),
+            n_ctx=engine.n_ctx,
+            max_tokens=req.sampling.max_tokens,
+            max_prompt_tokens=req.max_prompt_tokens,
+            param="messages" if req.messages is not None else "prompt",
+        )
         stream = engine.generate(
             req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
         )
@@ -260,30 +260,3 @@ class LlamaCppBackend(Backend):
         _, native = self._native_model()
         check_token_ids(tokens, native.n_vocab)
         return await asyncio.to_thread(native.detokenize, tokens)
-
-
-def _check_context(tokens: list[int], req: GenerationRequest, n_ctx: int) -> None:
-    """Refuse before any work what cannot fit, counted with the model's own tokenizer."""
-    param = "messages" if req.messages is not None else "prompt"
-    if not tokens:
-        raise InvalidRequest("the prompt is empty", param=param)
-    if req.max_prompt_tokens is not None and len(tokens) > req.max_prompt_tokens:
-        raise ContextLengthExceeded(
-            f"Your prompt has {len(tokens)} tokens; this server accepts at most {req.max_prompt_tokens} "
-            f"prompt tokens for this model. Please reduce the length of the {param}.",
-            param=param,
-        )
-    wanted = req.sampling.max_tokens or 0
-    if len(tokens) + max(wanted, 1) > n_ctx:
-        if len(tokens) >= n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {n_ctx} tokens. However, your prompt has "
-                f"{len(tokens)} tokens. Please reduce the length of the {param}.",
-                param=param,
-            )
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-            f"{len(tokens) + wanted} tokens ({len(tokens)} in the {param}, {wanted} in the completion). "
-            f"Please reduce the length of the {param} or max_tokens.",
-            param="max_tokens",
-        )

@@ -19,12 +19,13 @@ from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from backends.embeddings import check_token_ids
-from backends.errors import ConfigError, ContextLengthExceeded, InvalidRequest
+from backends.checks import check_prompt_fits, check_token_ids
+from backends.errors import ConfigError
 from backends.llama_cpp import grammar as gr
 from backends.llama_cpp import sampling as smp
 from backends.llama_cpp.admission import RequestGate
 from backends.llama_cpp.native import ContextConfig, NativeModel
+from backends.llama_cpp.options import engine_option_problem
 from backends.llama_cpp.scheduler import Scheduler
 from backends.llama_cpp.slots import RequestHandle
 from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams, TokenLogprob, Usage
@@ -55,11 +56,17 @@ class BatchedEngine:
         max_queue: int,
         prefix_cache: bool,
     ) -> None:
-        if n_ctx < 0 or parallel < 1 or max_queue < 0:
-            raise ConfigError("n_ctx must be >= 0, parallel >= 1 and max_queue >= 0")
-        if n_batch < parallel:
-            # Every running sequence needs its decode token in the single batch of a step.
-            raise ConfigError(f"n_batch ({n_batch}) must be >= parallel ({parallel})")
+        problem = engine_option_problem(
+            n_ctx=n_ctx,
+            parallel=parallel,
+            n_batch=n_batch,
+            flash_attn=flash_attn,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            max_queue=max_queue,
+        )
+        if problem is not None:
+            raise ConfigError(problem)
         threads = n_threads or _usable_cpus()
         cfg = ContextConfig(n_ctx, parallel, n_batch, threads, n_gpu_layers, flash_attn, cache_type_k, cache_type_v)
         self._native = NativeModel(Path(model_path), cfg)
@@ -242,12 +249,7 @@ class BatchedEngine:
 
     def _completion_limit(self, prompt: list[int], sampling: SamplingParams) -> int:
         """Most completion tokens: max_tokens, capped so prompt + completion never exceed n_ctx."""
-        if not prompt:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        if len(prompt) > self._n_ctx:
-            raise ContextLengthExceeded(
-                f"the prompt has {len(prompt)} tokens, more than the model's context of {self._n_ctx}"
-            )
+        check_prompt_fits(len(prompt), n_ctx=self._n_ctx, max_tokens=None)
         room = self._n_ctx - len(prompt)
         return room if sampling.max_tokens is None else min(sampling.max_tokens, room)
 

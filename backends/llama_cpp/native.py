@@ -17,8 +17,9 @@ from typing import Any
 
 import llama_cpp as lc
 
-from backends.embeddings import check_token_ids
-from backends.errors import BackendStartupError, BackendUnavailable, ConfigError, InvalidRequest
+from backends.checks import check_token_ids, check_unicode
+from backends.errors import BackendStartupError, BackendUnavailable, ConfigError
+from backends.llama_cpp.options import engine_option_problem
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,17 @@ class ContextConfig:
 
 
 def _context_params(cfg: ContextConfig, n_ctx_seq: int) -> Any:
-    for name, value in (("cache_type_k", cfg.cache_type_k), ("cache_type_v", cfg.cache_type_v)):
-        if value not in KV_CACHE_TYPES:
-            raise ConfigError(f"{name} must be one of {sorted(KV_CACHE_TYPES)}, got {value!r}")
-    # llama.cpp refuses a quantized V cache without flash attention; say so before it fails opaquely.
-    if cfg.cache_type_v != "f16" and not cfg.flash_attn:
-        raise ConfigError("a quantized V cache (cache_type_v) needs flash_attn=true")
+    # Checked before the (slow) model load: llama.cpp would fail later and opaquely.
+    problem = engine_option_problem(
+        n_ctx=cfg.n_ctx_seq,
+        parallel=cfg.n_seq,
+        n_batch=cfg.n_batch,
+        flash_attn=cfg.flash_attn,
+        cache_type_k=cfg.cache_type_k,
+        cache_type_v=cfg.cache_type_v,
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     params = lc.llama_context_default_params()
     params.n_ctx = n_ctx_seq * cfg.n_seq
     params.n_batch = cfg.n_batch
@@ -140,10 +146,8 @@ class NativeModel:
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         # Thread-safe: the vocabulary is read-only, so the event loop may tokenize while the
         # engine thread decodes (llama-server does the same from its HTTP threads).
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:  # JSON can carry a lone surrogate (\ud800): a 400, not a crash
-            raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)") from None
+        check_unicode(text, None)
+        data = text.encode("utf-8")
         cap = len(data) + 8
         with self._close_lock:  # the vocabulary dies with the model: never tokenize during close()
             if self._closed:

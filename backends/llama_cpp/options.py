@@ -9,6 +9,34 @@ from pydantic import Field, model_validator
 from backends.base import BackendOptions
 
 KvType = Literal["f16", "q8_0", "q4_0"]
+KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+
+
+def engine_option_problem(
+    *,
+    n_ctx: int,
+    parallel: int,
+    n_batch: int,
+    flash_attn: bool,
+    cache_type_k: str,
+    cache_type_v: str,
+    max_queue: int = 0,
+) -> str | None:
+    """What llama.cpp (or the batched engine) would refuse in these options, said plainly; None
+    when they are consistent. The one home of these rules: the typed options, the engine and the
+    native context all ask here, so a config file and a direct engine user get the same answer."""
+    if n_ctx < 0 or parallel < 1 or max_queue < 0:
+        return "n_ctx must be >= 0, parallel >= 1 and max_queue >= 0"
+    for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
+        if value not in KV_TYPES:
+            return f"{name} must be one of {list(KV_TYPES)}, got {value!r}"
+    # llama.cpp only implements a quantized V cache inside its flash-attention kernels.
+    if cache_type_v != "f16" and not flash_attn:
+        return f"cache_type_v={cache_type_v} needs flash_attn: true (llama.cpp limitation)"
+    # Every running sequence needs its decode token in the one batch of a step.
+    if n_batch < parallel:
+        return f"n_batch ({n_batch}) must be at least parallel ({parallel})"
+    return None
 
 
 class LlamaCppOptions(BackendOptions):
@@ -35,10 +63,15 @@ class LlamaCppOptions(BackendOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> LlamaCppOptions:
-        # llama.cpp only implements a quantized V cache inside its flash-attention kernels.
-        if self.cache_type_v != "f16" and not self.flash_attn:
-            raise ValueError(f"cache_type_v={self.cache_type_v} needs flash_attn: true (llama.cpp limitation)")
-        # Every running sequence needs its decode token in the one batch of a step.
-        if self.n_batch < self.parallel:
-            raise ValueError(f"n_batch ({self.n_batch}) must be at least parallel ({self.parallel})")
+        problem = engine_option_problem(
+            n_ctx=self.n_ctx,
+            parallel=self.parallel,
+            n_batch=self.n_batch,
+            flash_attn=self.flash_attn,
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+            max_queue=self.max_queue,
+        )
+        if problem is not None:
+            raise ValueError(problem)
         return self

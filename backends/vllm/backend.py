@@ -16,25 +16,23 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend
+from backends.checks import check_prompt_fits, check_token_ids, check_unicode
 from backends.embeddings import (
     EmbeddingRequest,
     EmbeddingResult,
     TokenizeRequest,
     TokenizeResult,
-    check_token_ids,
-    check_unicode,
 )
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
-    ContextLengthExceeded,
     InvalidRequest,
     UnsupportedParameter,
 )
@@ -45,10 +43,12 @@ from backends.types import (
     EngineStats,
     GenerationChunk,
     GenerationRequest,
+    Message,
     ModelFormat,
     ModelSpec,
     Support,
     ToolCallConstraint,
+    ToolDef,
 )
 from backends.vllm.convert import EngineCounts, stat_logger_factory, to_chunk, to_vllm_sampling, translate_error
 from backends.vllm.options import DEFAULT_CPU_KV_CACHE_GIB, VllmOptions, cpu_environment, engine_kwargs
@@ -294,7 +294,13 @@ class VllmBackend(Backend):
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
         prompt_ids = self._encode(req)
-        self._check_context(len(prompt_ids), req.sampling.max_tokens, param="messages" if req.messages else "prompt")
+        check_prompt_fits(
+            len(prompt_ids),
+            n_ctx=self._max_model_len,
+            max_tokens=req.sampling.max_tokens,
+            max_prompt_tokens=req.max_prompt_tokens,
+            param="messages" if req.messages else "prompt",
+        )
         if req.suffix is not None:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
         params = to_vllm_sampling(req.sampling, req.constraint)
@@ -337,15 +343,8 @@ class VllmBackend(Backend):
     def _encode(self, req: GenerationRequest) -> list[int]:
         tok = self._tokenizer
         if req.messages is not None:
-            native = "tools" in str(getattr(tok, "chat_template", "") or "")
             required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            messages = template_messages(req.messages, req.tools, native=native, required=required)
-            extra = {"tools": openai_tools(req.tools)} if req.tools and native else {}
-            try:
-                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
-            except Exception as exc:
-                raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
-            check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
+            text = self._render_chat(req.messages, req.tools, required=required)
             return list(tok.encode(text, add_special_tokens=False))
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, len(tok), "prompt")
@@ -353,17 +352,35 @@ class VllmBackend(Backend):
         check_unicode(req.prompt or "", "prompt")
         return list(tok.encode(req.prompt or "", add_special_tokens=True))
 
-    def _check_context(self, prompt_tokens: int, max_tokens: int | None, *, param: str) -> None:
-        limit = self._max_model_len
-        if prompt_tokens == 0:
-            raise InvalidRequest("the prompt is empty", param=param)
-        wanted = prompt_tokens + (max_tokens or 1)
-        if prompt_tokens >= limit or wanted > limit:
-            detail = f"{prompt_tokens} in the prompt" + (f" + {max_tokens} max_tokens" if max_tokens else "")
-            raise ContextLengthExceeded(
-                f"this model's maximum context length is {limit} tokens; the request needs {wanted} ({detail})",
-                param=param,
+    def _render_chat(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDef],
+        *,
+        required: bool = False,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> str:
+        """The one way this backend renders a conversation (generation and /tokenize alike), so
+        /tokenize counts exactly the tokens a chat request would send, tool turns included."""
+        tok = self._tokenizer
+        native = "tools" in str(getattr(tok, "chat_template", "") or "")
+        dicts = template_messages(messages, tools, native=native, required=required)
+        extra = {"tools": openai_tools(tools)} if tools and native else {}
+        try:
+            text = tok.apply_chat_template(
+                dicts,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **extra,
             )
+        except Exception as exc:
+            raise InvalidRequest(
+                f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
+            ) from None
+        check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
+        return str(text)
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
@@ -380,20 +397,12 @@ class VllmBackend(Backend):
         tok = self._tokenizer
         text = req.prompt
         if req.messages is not None:
-            messages = [
-                {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
-            ]
-            try:
-                text = tok.apply_chat_template(
-                    messages,
-                    add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-                    continue_final_message=req.continue_final_message,
-                    tokenize=False,
-                )
-            except Exception as exc:
-                raise InvalidRequest(
-                    f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
-                ) from None
+            text = self._render_chat(
+                req.messages,
+                (),
+                add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+                continue_final_message=req.continue_final_message,
+            )
         assert text is not None
         check_unicode(text, "prompt" if req.messages is None else "messages")
         ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from backends.checks import is_unicode
 from backends.embeddings import EmbeddingInput
+from server.openai.protocol import StrictModel
 
 # OpenAI's own limit on inputs in one embeddings request.
 MAX_EMBEDDING_INPUTS = 2048
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EmbeddingBody(_Strict):
+class EmbeddingBody(StrictModel):
     model: str = Field(min_length=1)
     # A text, texts, one tokenized text, or several (OpenAI's four shapes).
     input: str | list[str] | list[int] | list[list[int]]
@@ -35,21 +33,12 @@ class EmbeddingBody(_Strict):
         for i, item in enumerate(items):
             if not item:
                 raise ValueError(f"input[{i}] is empty; every input must contain text or tokens")
-            if isinstance(item, str) and not _is_unicode(item):
+            if isinstance(item, str) and not is_unicode(item):
                 raise ValueError(f"input[{i}] is not valid Unicode (it holds a lone surrogate)")
         return value
 
     def inputs(self) -> tuple[EmbeddingInput, ...]:
         return tuple(item if isinstance(item, str) else tuple(item) for item in _items(self.input))
-
-
-def _is_unicode(text: str) -> bool:
-    """JSON may carry a lone surrogate ("\\ud800"), which no tokenizer can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _items(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:

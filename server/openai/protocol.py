@@ -16,15 +16,15 @@ MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
@@ -40,7 +40,7 @@ def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-class FunctionDef(_Strict):
+class FunctionDef(StrictModel):
     name: FunctionName
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -56,32 +56,32 @@ class FunctionDef(_Strict):
         return _check_schema(value)
 
 
-class Tool(_Strict):
+class Tool(StrictModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Strict):
+class NamedFunction(StrictModel):
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(StrictModel):
     type: Literal["function"]
     function: NamedFunction
 
 
-class CalledFunction(_Strict):
+class CalledFunction(StrictModel):
     name: str
     arguments: str
 
 
-class MessageToolCall(_Strict):
+class MessageToolCall(StrictModel):
     id: str
     type: Literal["function"] = "function"
     function: CalledFunction
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: str | None = None
     # "schema" is a BaseModel attribute name, hence the alias.
@@ -94,15 +94,15 @@ class JsonSchemaFormat(_Strict):
         return None if value is None else _check_schema(value)
 
 
-class TextFormat(_Strict):
+class TextFormat(StrictModel):
     type: Literal["text"]
 
 
-class JsonObjectFormat(_Strict):
+class JsonObjectFormat(StrictModel):
     type: Literal["json_object"]
 
 
-class JsonSchemaResponseFormat(_Strict):
+class JsonSchemaResponseFormat(StrictModel):
     type: Literal["json_schema"]
     json_schema: JsonSchemaFormat
 
@@ -110,7 +110,7 @@ class JsonSchemaResponseFormat(_Strict):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # Content parts other than text (images, audio) fail validation: this is a text-only server.
     content: str | list[TextPart] | None = None
@@ -139,7 +139,7 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(StrictModel):
     """Fields chat and completions share, with OpenAI's ranges."""
 
     model: str = Field(min_length=1)

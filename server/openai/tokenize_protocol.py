@@ -7,16 +7,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from backends.checks import is_unicode
 from backends.errors import InvalidRequest, UnsupportedParameter
-from server.openai.embedding_protocol import _is_unicode, _Strict
-from server.openai.protocol import ChatMessage
+from server.openai.protocol import ChatMessage, StrictModel
 
 # vLLM fields this server does not implement: refused by name when set, never ignored.
 TOKENIZE_UNSUPPORTED = ("chat_template", "chat_template_kwargs", "tools", "media_io_kwargs", "mm_processor_kwargs")
 _CHAT_ONLY = ("add_generation_prompt", "continue_final_message")
 
 
-class TokenizeBody(_Strict):
+class TokenizeBody(StrictModel):
     """vLLM's TokenizeCompletionRequest and TokenizeChatRequest in one: ``prompt`` or ``messages``."""
 
     model: str | None = None  # vLLM's clients may leave it out; fine when one model is served
@@ -36,7 +36,7 @@ class TokenizeBody(_Strict):
     @field_validator("prompt")
     @classmethod
     def _unicode(cls, value: str | None) -> str | None:
-        if value is not None and not _is_unicode(value):
+        if value is not None and not is_unicode(value):
             raise ValueError("not valid Unicode (it holds a lone surrogate)")
         return value
 
@@ -58,6 +58,6 @@ class TokenizeBody(_Strict):
             )
 
 
-class DetokenizeBody(_Strict):
+class DetokenizeBody(StrictModel):
     model: str | None = None
     tokens: list[int]

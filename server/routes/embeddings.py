@@ -6,17 +6,17 @@ from __future__ import annotations
 import base64
 import struct
 import uuid
-from collections.abc import Awaitable, Sequence
-from typing import Annotated, TypeVar
+from collections.abc import Sequence
+from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from backends.embeddings import EmbeddingRequest
 from server.http.deps import get_pool
-from server.http.errors import RequestTimeout, classify
+from server.http.errors import classify
 from server.openai.embedding_protocol import EmbeddingBody
+from server.runtime.deadline import within
 from server.runtime.metrics import Metrics, get_metrics
 from server.runtime.pool import ModelPool
 
@@ -24,7 +24,6 @@ router = APIRouter()
 
 Pool = Annotated[ModelPool, Depends(get_pool)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
-T = TypeVar("T")
 
 
 @router.post("/v1/embeddings")
@@ -39,7 +38,7 @@ async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics) -> JS
     )
     labels = (backend.spec.id, backend.name)
     try:
-        result = await _within(backend.embed(req), limits.request_timeout_s)
+        result = await within(backend.embed(req), limits.request_timeout_s)
     except Exception as exc:
         status = classify(exc)[0]
         metrics.requests.labels(*labels, "embeddings", "invalid_request" if status < 500 else "error", "none").inc()
@@ -60,12 +59,3 @@ def _encode(vector: Sequence[float], encoding: str) -> list[float] | str:
         return list(vector)
     # Little-endian float32, what OpenAI sends and its SDK decodes (numpy.frombuffer(..., "float32")).
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
-
-async def _within(work: Awaitable[T], seconds: float | None) -> T:
-    """The model's request time limit; past it the work is cancelled and the client gets a 504."""
-    if seconds is None:
-        return await work
-    with anyio.move_on_after(seconds):
-        return await work
-    raise RequestTimeout(f"The request did not finish within its {seconds:g} s limit.")

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from backends.checks import check_token_ids
 from backends.embeddings import (
     check_dimensions,
     check_input_lengths,
-    check_token_ids,
     cut_after_final_message,
     input_tokens,
 )
