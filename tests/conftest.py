@@ -9,12 +9,24 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from server.http.app import create_app
 from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.settings import DEFAULT_MODELS_DIR, ModelConfig, Settings, load_settings
 
 MODEL_ID = DEFAULT_MODEL_ID
+
+
+class AppClient(httpx.AsyncClient):
+    """An httpx client bound in process to one app; ``app`` gives tests its state (pool, metrics)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=120)
+        self.app = app
+
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
 
 
 @pytest.fixture(scope="session")
@@ -34,24 +46,22 @@ def make_settings(model_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture(scope="session")
-def app_client(make_settings: Callable[..., Settings]) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
+def app_client(make_settings: Callable[..., Settings]) -> ClientFactory:
     """``async with app_client(settings) as client``: an in-process app with its lifespan running."""
 
     @asynccontextmanager
-    async def open_client(settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    async def open_client(settings: Settings | None = None) -> AsyncIterator[AppClient]:
         app = create_app(settings or make_settings())
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
-                yield client
+        async with app.router.lifespan_context(app), AppClient(app) as client:
+            yield client
 
     return open_client
 
 
 @pytest.fixture(scope="session")
 async def client(
-    app_client: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
-) -> AsyncIterator[httpx.AsyncClient]:
+    app_client: ClientFactory,
+) -> AsyncIterator[AppClient]:
     """One shared app on the real model for the API tests (loading takes under a second)."""
     async with app_client() as c:
         yield c

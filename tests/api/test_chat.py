@@ -26,7 +26,7 @@ async def test_usage_matches_the_models_tokenizer(client: httpx.AsyncClient) -> 
     resp = await client.post("/v1/chat/completions", json=chat_body(max_tokens=40))
     usage = resp.json()["usage"]
     text = resp.json()["choices"][0]["message"]["content"]
-    app = client._transport.app  # type: ignore[attr-defined]
+    app = client.app
     backend = app.state.pool.get(MODEL)
     from backends.types import GenerationRequest, Message
 

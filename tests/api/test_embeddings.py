@@ -6,7 +6,6 @@ import base64
 import math
 import struct
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import pytest
 from server.runtime.metrics import Metrics
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error
+from tests.conftest import ClientFactory
 
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 SIZE = 576  # SmolLM2-135M's hidden size
 TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "Bake the bread for thirty minutes."]
 
@@ -145,7 +144,7 @@ async def test_missing_fields_and_unknown_model(client: httpx.AsyncClient) -> No
 
 
 def embedding_requests(client: httpx.AsyncClient, status: str) -> float:
-    metrics: Metrics = client._transport.app.state.metrics  # type: ignore[attr-defined]
+    metrics: Metrics = client.app.state.metrics
     labels = {"model": MODEL, "backend": "llama_cpp", "endpoint": "embeddings", "status": status}
     return metrics.registry.get_sample_value("quantserve_requests_total", {**labels, "finish_reason": "none"}) or 0.0
 

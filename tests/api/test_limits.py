@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -16,9 +15,9 @@ from server.http.app import create_app
 from server.runtime.pool import ModelLimits, ModelPool
 from server.settings import ModelConfig, Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
+from tests.conftest import ClientFactory
 from tests.fakes import CrashingBackend
 
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 LONG = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
 # Greedy, this prompt runs to any max_tokens (measured: 2000 tokens, finish "length").
 ANIMALS = [{"role": "user", "content": "List 300 different animals, one per line."}]
@@ -78,7 +77,7 @@ async def test_request_timeout_before_the_first_token_is_504_and_frees_the_engin
     async with app_client(limited(model_path, make_settings, request_timeout_s=0.001)) as c:
         resp = await c.post("/v1/chat/completions", json=chat_body(messages=LONG, max_tokens=400))
         assert "0.001 s limit" in assert_openai_error(resp, 504, "timeout")
-        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        backend = c.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
         for _ in range(3000):  # the engine lets the request go at its next step
             if backend.stats().running == backend.stats().waiting == 0:
                 break
@@ -149,7 +148,7 @@ async def test_queue_timeout_fails_a_waiting_request_and_spares_the_running_one(
     one_slot = ModelConfig(id=MODEL, path=model_path, options={"n_ctx": 1024, "parallel": 1, "n_threads": 1})
     settings = make_settings(models=(one_slot,), queue_timeout_s=0.3, request_timeout_s=3600)
     async with app_client(settings) as c:
-        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        backend = c.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
         running = asyncio.ensure_future(
             c.post("/v1/chat/completions", json=chat_body(messages=ANIMALS, max_tokens=600))
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -15,13 +14,13 @@ from server.runtime.metrics import Metrics
 from server.runtime.observe import observe
 from server.settings import Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body, parse_sse
+from tests.conftest import ClientFactory
 
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 M = {"model": MODEL, "backend": "llama_cpp"}
 
 
 def app_metrics(client: httpx.AsyncClient) -> Metrics:
-    metrics: Metrics = client._transport.app.state.metrics  # type: ignore[attr-defined]
+    metrics: Metrics = client.app.state.metrics
     return metrics
 
 
@@ -92,7 +91,7 @@ async def test_failed_requests_are_counted_with_their_status(client: httpx.Async
 async def test_overloaded_is_counted(app_client: ClientFactory, make_settings: Callable[..., Settings]) -> None:
     # One slot, no waiting room: while the slot is busy, the next request is refused.
     async with app_client(make_settings({"n_ctx": 512, "parallel": 1, "max_queue": 0})) as c:
-        backend = c._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        backend = c.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
         busy = backend.generate(_request(200))
         await anext(busy)
         try:
@@ -119,7 +118,7 @@ def _request(max_tokens: int) -> GenerationRequest:
 async def test_closed_stream_counts_as_cancelled_and_frees_the_gauges(client: httpx.AsyncClient) -> None:
     """What the HTTP layer does when the client goes away: close the iterator mid-stream."""
     m = app_metrics(client)
-    backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+    backend = client.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
     cancelled, gen_tokens = requests(m, "cancelled", "none"), value(m, "quantserve_generation_tokens_total")
     chunks = observe(m, backend, "chat_completions", backend.generate(_request(200)))
     got = [await anext(chunks), await anext(chunks)]
@@ -139,7 +138,7 @@ async def test_closed_stream_counts_as_cancelled_and_frees_the_gauges(client: ht
 
 async def test_cancelled_task_counts_as_cancelled(client: httpx.AsyncClient) -> None:
     m = app_metrics(client)
-    backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+    backend = client.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
     before = requests(m, "cancelled", "none")
     first = asyncio.Event()
 
@@ -161,7 +160,7 @@ async def test_cancelled_task_counts_as_cancelled(client: httpx.AsyncClient) -> 
 
 async def test_a_finished_stream_closed_afterwards_is_not_cancelled(client: httpx.AsyncClient) -> None:
     m = app_metrics(client)
-    backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+    backend = client.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
     ok, cancelled = requests(m, "ok", "length"), requests(m, "cancelled", "none")
     chunks = observe(m, backend, "chat_completions", backend.generate(_request(3)))
     last: GenerationChunk | None = None
@@ -192,7 +191,7 @@ async def test_scrape_has_gauges_and_model_info(client: httpx.AsyncClient) -> No
 
 
 def backend_kv(client: httpx.AsyncClient) -> float | None:
-    backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+    backend = client.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
     kv: float | None = backend.stats().kv_cache_usage
     return kv
 
@@ -224,7 +223,7 @@ async def test_queue_time_comes_from_the_engine_and_is_taken_out_of_prefill(
 
 async def _queue_then_prefill(client: httpx.AsyncClient) -> None:
     m = app_metrics(client)
-    backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+    backend = client.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
 
     def snapshot() -> dict[str, float]:
         names = ["time_to_first_token", "request_prefill_time", "request_queue_time"]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.settings import ModelConfig, load_settings
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+from tests.conftest import ClientFactory
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M"])
