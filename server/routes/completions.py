@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from backends.base import Backend
 from backends.errors import InvalidRequest
 from backends.types import GenerationRequest
-from server.http.deps import get_pool, get_settings
+from server.http.deps import RequestId, get_pool, get_settings
 from server.openai.choices import ChoiceState
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
 from server.openai.responses import ResponseRenderer
@@ -32,12 +31,16 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def _generate(
-    body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
+    body: ChatCompletionRequest | CompletionRequest,
+    pool: ModelPool,
+    settings: Settings,
+    metrics: Metrics,
+    request_id: str,
 ) -> Response:
     backend = pool.serving(body.model)  # 503 while the model's engine is down or restarting
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
     n = body.n or 1
     if isinstance(body, ChatCompletionRequest):
         reqs = [chat_request(body, rid, limits, settings.max_messages)]
@@ -88,11 +91,13 @@ async def _echo(backend: Backend, req: GenerationRequest) -> str:
 
 @router.post("/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics
+    body: ChatCompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics, request_id: RequestId
 ) -> Response:
-    return await _generate(body, pool, settings, metrics)
+    return await _generate(body, pool, settings, metrics, request_id)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics) -> Response:
-    return await _generate(body, pool, settings, metrics)
+async def completions(
+    body: CompletionRequest, pool: Pool, settings: AppSettings, metrics: AppMetrics, request_id: RequestId
+) -> Response:
+    return await _generate(body, pool, settings, metrics, request_id)

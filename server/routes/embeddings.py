@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import uuid
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from backends.embeddings import EmbeddingRequest
-from server.http.deps import get_pool
+from server.http.deps import RequestId, get_pool
 from server.http.errors import classify
 from server.openai.embedding_protocol import EmbeddingBody
 from server.runtime.deadline import within
@@ -27,11 +26,11 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics) -> JSONResponse:
+async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics, request_id: RequestId) -> JSONResponse:
     backend = pool.serving(body.model)  # 503 naming why while the model's engine is down
     limits = pool.limits(body.model)
     req = EmbeddingRequest(
-        request_id=f"embd-{uuid.uuid4().hex}",
+        request_id=f"embd-{request_id}",
         inputs=body.inputs(),
         dimensions=body.dimensions,
         max_input_tokens=limits.max_prompt_tokens,

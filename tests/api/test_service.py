@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
+import pytest
 
 from server.settings import Settings
 from tests.api.helpers import MODEL, assert_openai_error, chat_body
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+from tests.conftest import ClientFactory
 
 
 async def test_models_list_reports_context_and_backend(client: httpx.AsyncClient) -> None:
@@ -42,6 +42,28 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health", headers={"x-request-id": "abc-123"})).headers["x-request-id"] == "abc-123"
     made = (await client.get("/health", headers={"x-request-id": "bad id\n"})).headers["x-request-id"]
     assert made != "bad id\n" and len(made) == 32
+
+
+async def test_the_request_id_follows_the_request_into_the_engine(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="backends.llama_cpp.scheduler")
+    made = await client.post("/v1/chat/completions", json=chat_body(max_tokens=2))
+    assert made.json()["id"] == f"chatcmpl-{made.headers['x-request-id']}"
+    # A client's own id is kept, with a suffix: two requests may share it, engines key by id.
+    given = [
+        await client.post(
+            "/v1/completions",
+            headers={"x-request-id": "trace-42"},
+            json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+        )
+        for _ in range(2)
+    ]
+    ids = [r.json()["id"] for r in given]
+    assert all(i.startswith("cmpl-trace-42-") for i in ids) and ids[0] != ids[1]
+    assert all(r.headers["x-request-id"] == "trace-42" for r in given)
+    finished = [r.getMessage() for r in caplog.records if "finished" in r.getMessage()]
+    assert any(ids[0] in line for line in finished), finished
 
 
 async def test_concurrent_requests_never_corrupt_each_other(client: httpx.AsyncClient) -> None:
