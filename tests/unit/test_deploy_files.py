@@ -16,29 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).parents[2]
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+from tests.deploy_files import COMPOSE, ROOT, SERVICES, STAGES, install_sh_cmake_args, pinned_llama_cpp
+
 DASHBOARD: dict[str, Any] = json.loads((ROOT / "configs/grafana/dashboards/quantserve.json").read_text())
-
-
-def dockerfile_stages() -> dict[str, list[str]]:
-    """Stage name -> its instructions (continuation lines joined, comments dropped)."""
-    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
-    stages: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)$", line, re.IGNORECASE)
-        if match:
-            current = stages.setdefault(match[1], [])
-        current.append(line)
-    return stages
-
-
-STAGES = dockerfile_stages()
 
 
 def env_value(stage: str, name: str) -> str:
@@ -47,19 +27,6 @@ def env_value(stage: str, name: str) -> str:
     ]
     assert len(values) == 1, f"{stage}: {name} set {len(values)} times"
     return values[0]
-
-
-def pinned_llama_cpp() -> str:
-    # A regex, not tomllib: the project supports Python 3.10.
-    pins = re.findall(r'"(llama-cpp-python[^"]*)"', (ROOT / "pyproject.toml").read_text())
-    assert len(pins) == 1 and re.fullmatch(r"llama-cpp-python==[\d.]+", pins[0]), pins
-    return str(pins[0])
-
-
-def install_sh_cmake_args() -> str:
-    match = re.search(r'CMAKE_ARGS="\$\{CMAKE_ARGS:-([^}]*)\}"', (ROOT / "scripts/install.sh").read_text())
-    assert match, "scripts/install.sh no longer sets a default CMAKE_ARGS"
-    return match[1]
 
 
 def test_compose_has_the_four_services() -> None:
