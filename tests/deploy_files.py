@@ -17,15 +17,17 @@ COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 
 
-def dockerfile_stages() -> dict[str, list[str]]:
-    """Stage name -> its instructions (continuation lines joined, comments dropped)."""
+def dockerfile_instructions() -> list[str]:
+    """Every instruction of the Dockerfile, global ARGs included (continuations joined, no comments)."""
     text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Stage name -> its instructions."""
     stages: dict[str, list[str]] = {}
     current: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in dockerfile_instructions():
         match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)$", line, re.IGNORECASE)
         if match:
             current = stages.setdefault(match[1], [])

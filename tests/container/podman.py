@@ -128,7 +128,8 @@ class Container:
         podman.run("run", "--detach", "--name", name, "--publish", f"127.0.0.1:{host_port}:8000", image, *args)
 
     def logs(self) -> str:
-        return self.podman.run("logs", self.name, check=False).stdout[-4000:]
+        result = self.podman.run("logs", self.name, check=False)  # uvicorn logs to stderr
+        return (result.stdout + result.stderr)[-4000:]
 
     def state(self) -> dict[str, object]:
         found = self.podman.run("inspect", "--format", "{{json .State}}", self.name)
