@@ -5,9 +5,9 @@
 # Models live in /models and YAML configs in /configs (both volumes); the Hugging Face cache
 # (HF_HOME) sits inside /models, so one volume keeps every download. The server listens on :8000
 # as the unprivileged user `quantserve` (uid 10001). docs/containers.md says how to run both.
-# Checked two ways: tests/unit/test_deploy_files.py statically (pins, CMAKE_ARGS, that everything
-# the server imports at start-up is copied), tests/container builds the cpu target with podman
-# and drives it through a published port.
+# Checked two ways: statically by tests/unit/test_deploy_files.py (pins, CMAKE_ARGS, users,
+# volumes) and tests/unit/test_image_contents.py (every package the CLI imports is copied and
+# shipped), and for real by tests/container, which builds the cpu target with podman and drives it.
 #
 # WHEELHOUSE (optional build arg): a directory of prebuilt wheels mounted at build time, e.g.
 #   podman build --volume ~/.cache/quantserve/wheels:/wheelhouse:ro --build-arg WHEELHOUSE=/wheelhouse ...

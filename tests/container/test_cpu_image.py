@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.container.podman import Container, Podman, base_image, build_cpu_image, podman_or_fail, wheelhouse
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
 API_KEY = "sk-container-test"
 IMAGE_SIZE_LIMIT = 1.5e9  # bytes: the target for the cpu image
-CAPITAL = [{"role": "user", "content": "Which city is the capital of France?"}]
+CAPITAL: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Which city is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +67,11 @@ def test_cpu_image_is_under_the_size_target_and_runs_unprivileged(podman: Podman
 def test_serves_chat_streams_and_metrics_through_the_published_port(container: Container) -> None:
     client = OpenAI(base_url=f"{container.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
     assert [m.id for m in client.models.list()] == [MODEL]
-    plain = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=40)  # type: ignore[arg-type]
+    plain = client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=40)
     assert "Paris" in (plain.choices[0].message.content or "")
     stream = client.chat.completions.create(
         model=MODEL,
-        messages=CAPITAL,  # type: ignore[arg-type]
+        messages=CAPITAL,
         temperature=0,
         max_tokens=40,
         stream=True,
@@ -95,7 +96,7 @@ def test_sigterm_stops_it_cleanly_within_the_grace_period(podman: Podman, contai
     # reach the server as PID 1 of the container and end it with exit code 0 before the SIGKILL.
     grace = seconds(SERVICES["quantserve-cpu"]["stop_grace_period"])
     client = OpenAI(base_url=f"{container.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    client.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=4)  # type: ignore[arg-type]
+    client.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=4)
     started = time.monotonic()
     podman.run("kill", "--signal", "TERM", container.name)
     podman.run("wait", "--condition", "stopped", container.name, timeout=grace + 10)
