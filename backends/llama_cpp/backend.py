@@ -25,6 +25,7 @@ from backends.embeddings import (
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
+    ConfigError,
     InvalidRequest,
     UnsupportedParameter,
 )
@@ -77,15 +78,20 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        memplan.guard_llama_cpp(
-            self.spec.id,
-            self.spec.path,
-            n_ctx=self._opts.n_ctx,
-            parallel=self._opts.parallel,
-            cache_type_k=self._opts.cache_type_k,
-            cache_type_v=self._opts.cache_type_v,
-            on_host=self._opts.n_gpu_layers == 0,
-        )
+        try:
+            layout = memplan.llama_layout(
+                self.spec.path,
+                n_ctx=self._opts.n_ctx,
+                parallel=self._opts.parallel,
+                cache_type_k=self._opts.cache_type_k,
+                cache_type_v=self._opts.cache_type_v,
+            )
+        except ConfigError:  # an unreadable header is left to llama.cpp, which reports it better
+            layout = None
+        if layout is not None:
+            memplan.guard_llama_cpp(
+                self.spec.id, layout, n_gpu_layers=self._opts.n_gpu_layers, device_free=None, device_place="the GPU"
+            )
         try:
             self._engine = await asyncio.to_thread(self._open_engine)
         except BackendStartupError as exc:
