@@ -112,7 +112,11 @@ def template_messages(
 
 
 def _native_dict(m: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    # OpenAI clients send null content with tool calls; templates test for it (``content is none``).
+    content = None if m.tool_calls and not m.content else m.content
+    out: dict[str, Any] = {"role": m.role, "content": content}
+    if m.reasoning is not None:
+        out["reasoning_content"] = m.reasoning
     if m.name is not None:
         out["name"] = m.name
     if m.tool_calls:

@@ -74,6 +74,9 @@ class Message:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # An assistant turn's reasoning, kept apart from its content (templates that show past
+    # reasoning read it as ``reasoning_content``).
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,12 @@ class GenerationRequest:
     tools: tuple[ToolDef, ...] = ()
     # Output the engine must enforce by constrained decoding (grammar / structured outputs).
     constraint: Constraint | None = None
+    # Chat only: extra variables for the chat template (``chat_template_kwargs``, e.g.
+    # ``{"enable_thinking": false}``) and documents for templates that render them (RAG).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    documents: tuple[dict[str, Any], ...] | None = None
+    # Chat only: split the model's reasoning from its answer (False: the raw text as content).
+    split_reasoning: bool = True
     # Completions only: text that follows the insertion point (fill-in-the-middle).
     suffix: str | None = None
     # Most seconds to wait for an engine slot (None: only the whole-request limit applies).

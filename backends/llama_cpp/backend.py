@@ -102,7 +102,11 @@ class LlamaCppBackend(Backend):
             ) from exc
         source = self._opts.chat_template or self._engine.metadata.get("tokenizer.chat_template")
         if source:
-            self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            try:
+                self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            except BackendStartupError as exc:
+                await self.stop()
+                raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from None
         else:
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
         self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
@@ -173,7 +177,13 @@ class LlamaCppBackend(Backend):
                     param="messages",
                 )
             required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            text = self._template.render(req.messages, tools=req.tools, tools_required=required)
+            text = self._template.render(
+                req.messages,
+                tools=req.tools,
+                tools_required=required,
+                documents=req.documents,
+                kwargs=req.template_kwargs,
+            )
             # The rendered template already holds any BOS it wants; parse its special tokens.
             return engine.tokenize(text, add_special=False)
         assert req.prompt is not None

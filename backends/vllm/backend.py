@@ -340,9 +340,17 @@ class VllmBackend(Backend):
             native = "tools" in str(getattr(tok, "chat_template", "") or "")
             required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
             messages = template_messages(req.messages, req.tools, native=native, required=required)
-            extra = {"tools": openai_tools(req.tools)} if req.tools and native else {}
+            shown = openai_tools(req.tools) if req.tools and native else None
+            documents = None if req.documents is None else list(req.documents)
             try:
-                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+                text = tok.apply_chat_template(
+                    messages,
+                    tools=shown,
+                    documents=documents,
+                    add_generation_prompt=True,
+                    tokenize=False,
+                    **req.template_kwargs,
+                )
             except Exception as exc:
                 raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
             check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer

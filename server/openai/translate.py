@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from backends.chat_template import RESERVED
 from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.types import (
     Constraint,
@@ -127,7 +128,7 @@ def chat_request(
         # "developer" is OpenAI's newer name for the system role; templates know "system".
         role = "system" if msg.role == "developer" else msg.role
         calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in msg.tool_calls or ())
-        messages.append(Message(role, msg.text(), msg.name, calls, msg.tool_call_id))
+        messages.append(Message(role, msg.text(), msg.name, calls, msg.tool_call_id, msg.reasoning_text()))
     tools, constraint = _tools_and_constraint(req)
     return GenerationRequest(
         request_id=request_id,
@@ -139,7 +140,20 @@ def chat_request(
         queue_timeout_s=limits.queue_timeout_s,
         tools=tools,
         constraint=constraint,
+        template_kwargs=_template_kwargs(req.chat_template_kwargs),
+        documents=None if req.documents is None else tuple(req.documents),
+        split_reasoning=req.reasoning_format != "none",
     )
+
+
+def _template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    clash = sorted(RESERVED.intersection(kwargs or {}))
+    if clash:
+        raise InvalidRequest(
+            f"chat_template_kwargs may not set {', '.join(clash)}: send those as request fields.",
+            param="chat_template_kwargs",
+        )
+    return dict(kwargs or {})
 
 
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
