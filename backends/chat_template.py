@@ -20,9 +20,11 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from backends.chat_format import detect
 from backends.errors import BackendStartupError, InvalidRequest
+from backends.reasoning import ReasoningSplitter, splitter_for
 from backends.tools import openai_tools, template_messages
-from backends.types import Message, ToolDef
+from backends.types import GenerationRequest, Message, ToolCallConstraint, ToolDef
 
 # Names the renderer itself binds; chat_template_kwargs may not replace them.
 RESERVED = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
@@ -85,6 +87,7 @@ class ChatTemplate:
         self._special = {"bos_token": bos_token, "eos_token": eos_token}
         # A template that mentions tools renders them (and tool turns) itself.
         self.native_tools = "tools" in source
+        self.format = detect(source)
 
     def render(
         self,
@@ -99,6 +102,22 @@ class ChatTemplate:
         payload = template_messages(messages, tools, native=self.native_tools, required=tools_required)
         shown = openai_tools(tools) if tools and self.native_tools else None
         return self.render_dicts(payload, shown, add_generation_prompt, documents, kwargs)
+
+    def render_request(self, req: GenerationRequest) -> str:
+        """The prompt of a chat request."""
+        assert req.messages is not None
+        required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
+        return self.render(
+            req.messages,
+            tools=req.tools,
+            tools_required=required,
+            documents=req.documents,
+            kwargs=req.template_kwargs,
+        )
+
+    def reasoning_splitter(self, req: GenerationRequest, prompt: str) -> ReasoningSplitter | None:
+        """A splitter for this request's output, given its rendered ``prompt``."""
+        return splitter_for(self.format.reasoning, req, prompt)
 
     def render_dicts(
         self,

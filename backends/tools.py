@@ -97,6 +97,8 @@ def template_messages(
         if m.tool_calls:
             content = "\n".join(filter(None, [content, *(call_text(c) for c in m.tool_calls)]))
         entry: dict[str, Any] = {"role": m.role, "content": content}
+        if m.reasoning is not None:
+            entry["reasoning_content"] = m.reasoning
         if m.name is not None:
             entry["name"] = m.name
         out.append(entry)

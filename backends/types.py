@@ -101,7 +101,14 @@ class JsonConstraint:
     schema: dict[str, Any] | None = None
 
 
-Constraint = ToolCallConstraint | JsonConstraint
+@dataclass(frozen=True, slots=True)
+class GrammarConstraint:
+    """The output must match a GBNF grammar the client wrote (llama-server's ``grammar``)."""
+
+    gbnf: str
+
+
+Constraint = ToolCallConstraint | JsonConstraint | GrammarConstraint
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,9 @@ class GenerationChunk:
     queue_s: float | None = None
     # One entry per sampled token of this chunk when the request asked for logprobs.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # The part of the new output that is the model's reasoning (see backends/reasoning.py);
+    # ``text`` is then only the answer. Empty for models and requests without reasoning.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from backends.errors import (
 )
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
+from backends.reasoning import split_chunk
 from backends.types import (
     BackendInfo,
     Device,
@@ -40,7 +41,6 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
-    ToolCallConstraint,
 )
 
 if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
@@ -168,24 +168,19 @@ class LlamaCppBackend(Backend):
     def stats(self) -> EngineStats:
         return self._engine.stats() if self._engine else EngineStats()
 
+    def _chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            raise InvalidRequest(
+                f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
+                param="messages",
+            )
+        return self._template
+
     def tokenize_request(self, req: GenerationRequest) -> list[int]:
         engine = self._require_engine()
         if req.messages is not None:
-            if self._template is None:
-                raise InvalidRequest(
-                    f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
-                    param="messages",
-                )
-            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            text = self._template.render(
-                req.messages,
-                tools=req.tools,
-                tools_required=required,
-                documents=req.documents,
-                kwargs=req.template_kwargs,
-            )
             # The rendered template already holds any BOS it wants; parse its special tokens.
-            return engine.tokenize(text, add_special=False)
+            return engine.tokenize(self._chat_template().render_request(req), add_special=False)
         assert req.prompt is not None
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, engine.n_vocab, "prompt")
@@ -208,13 +203,20 @@ class LlamaCppBackend(Backend):
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
-        tokens = self.tokenize_request(req)
+        splitter = None
+        if req.messages is not None:
+            template = self._chat_template()
+            prompt = template.render_request(req)
+            tokens = engine.tokenize(prompt, add_special=False)
+            splitter = template.reasoning_splitter(req, prompt)
+        else:
+            tokens = self.tokenize_request(req)
         _check_context(tokens, req, engine.n_ctx)
         stream = engine.generate(
             req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
         )
         async for chunk in stream:
-            yield chunk
+            yield split_chunk(splitter, chunk)
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     def _native_model(self) -> tuple[LlamaEngine, NativeModel]:

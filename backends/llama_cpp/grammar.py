@@ -13,7 +13,7 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from backends import tools as tl
 from backends.errors import InvalidRequest
-from backends.types import Constraint, JsonConstraint, ToolCallConstraint
+from backends.types import Constraint, GrammarConstraint, JsonConstraint, ToolCallConstraint
 
 # Lazy grammars (tool_choice "auto") wait for this pattern, matched from the start of the output;
 # the grammar then sees the text from the first group on, i.e. from the opening tag.
@@ -24,6 +24,7 @@ _TRIGGER = r"[\s\S]*?(" + re.escape(tl.OPEN) + r")[\s\S]*"
 class Grammar:
     text: str
     lazy: bool  # True: free text until the trigger, grammar from there on
+    client: bool = False  # the client wrote it (errors name its "grammar" field)
 
 
 # llama-cpp-python's converter lets raw control characters into strings, which JSON forbids
@@ -64,6 +65,8 @@ def _schema_rules(schema: dict[str, Any], *, param: str) -> str:
 
 
 def build(constraint: Constraint) -> Grammar:
+    if isinstance(constraint, GrammarConstraint):
+        return Grammar(constraint.gbnf, lazy=False, client=True)
     if isinstance(constraint, JsonConstraint):
         schema = constraint.schema if constraint.schema is not None else {"type": "object"}
         return Grammar(_schema_rules(schema, param="response_format"), lazy=False)
@@ -92,5 +95,6 @@ def sampler(grammar: Grammar, vocab: Any) -> Any:
     else:
         smpl = lc.llama_sampler_init_grammar(vocab, text, b"root")
     if not smpl:
-        raise InvalidRequest("the output constraint could not be compiled into a grammar", param="response_format")
+        param = "grammar" if grammar.client else "response_format"
+        raise InvalidRequest("the output constraint could not be compiled into a grammar", param=param)
     return smpl

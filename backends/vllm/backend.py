@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend
+from backends.chat_format import ChatFormat, detect
 from backends.embeddings import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -38,7 +39,7 @@ from backends.errors import (
     InvalidRequest,
     UnsupportedParameter,
 )
-from backends.tools import openai_tools, template_messages
+from backends.reasoning import split_chunk, splitter_for
 from backends.types import (
     BackendInfo,
     Device,
@@ -48,9 +49,15 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
-    ToolCallConstraint,
 )
-from backends.vllm.convert import EngineCounts, stat_logger_factory, to_chunk, to_vllm_sampling, translate_error
+from backends.vllm.convert import (
+    EngineCounts,
+    render_chat,
+    stat_logger_factory,
+    to_chunk,
+    to_vllm_sampling,
+    translate_error,
+)
 from backends.vllm.options import DEFAULT_CPU_KV_CACHE_GIB, VllmOptions, cpu_environment, engine_kwargs
 from backends.vllm.startup import EngineLog, describe, startup_error
 
@@ -85,6 +92,7 @@ class VllmBackend(Backend):
         self.options: VllmOptions = options
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._format: ChatFormat = detect("")
         self._max_model_len = options.max_model_len or 0
         self._quantization = options.quantization or spec.format.value
         self._kv_cache_dtype = options.kv_cache_dtype
@@ -233,6 +241,7 @@ class VllmBackend(Backend):
     def _adopt(self, engine: Any) -> None:
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
+        self._format = detect(str(getattr(self._tokenizer, "chat_template", "") or ""))
         self._max_model_len = int(engine.model_config.max_model_len)
         self._quantization = str(engine.model_config.quantization or "none")
         self._kv_cache_dtype = str(engine.vllm_config.cache_config.cache_dtype)
@@ -293,7 +302,8 @@ class VllmBackend(Backend):
     # ---- generation ---------------------------------------------------------------------
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
-        prompt_ids = self._encode(req)
+        prompt_ids, prompt_text = self._encode(req)
+        splitter = splitter_for(self._format.reasoning, req, prompt_text) if prompt_text is not None else None
         self._check_context(len(prompt_ids), req.sampling.max_tokens, param="messages" if req.messages else "prompt")
         if req.suffix is not None:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
@@ -320,7 +330,7 @@ class VllmBackend(Backend):
                 first = False
                 chunk, finished = to_chunk(out, len(prompt_ids), completion)
                 completion += chunk.tokens
-                yield chunk
+                yield split_chunk(splitter, chunk)
                 if finished:
                     break
         finally:
@@ -334,32 +344,18 @@ class VllmBackend(Backend):
         except Exception as exc:  # a dead engine cannot abort; the caller's error matters more
             logger.warning("could not abort %s on %s: %s", request_id, self.spec.id, describe(exc))
 
-    def _encode(self, req: GenerationRequest) -> list[int]:
+    def _encode(self, req: GenerationRequest) -> tuple[list[int], str | None]:
+        """Prompt token ids, and the rendered text of a chat prompt."""
         tok = self._tokenizer
         if req.messages is not None:
-            native = "tools" in str(getattr(tok, "chat_template", "") or "")
-            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            messages = template_messages(req.messages, req.tools, native=native, required=required)
-            shown = openai_tools(req.tools) if req.tools and native else None
-            documents = None if req.documents is None else list(req.documents)
-            try:
-                text = tok.apply_chat_template(
-                    messages,
-                    tools=shown,
-                    documents=documents,
-                    add_generation_prompt=True,
-                    tokenize=False,
-                    **req.template_kwargs,
-                )
-            except Exception as exc:
-                raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
+            text = render_chat(tok, req)
             check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
-            return list(tok.encode(text, add_special_tokens=False))
+            return list(tok.encode(text, add_special_tokens=False)), text
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, len(tok), "prompt")
-            return list(req.prompt)
+            return list(req.prompt), None
         check_unicode(req.prompt or "", "prompt")
-        return list(tok.encode(req.prompt or "", add_special_tokens=True))
+        return list(tok.encode(req.prompt or "", add_special_tokens=True)), None
 
     def _check_context(self, prompt_tokens: int, max_tokens: int | None, *, param: str) -> None:
         limit = self._max_model_len

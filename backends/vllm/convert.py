@@ -15,9 +15,12 @@ from backends.types import (
     Constraint,
     FinishReason,
     GenerationChunk,
+    GenerationRequest,
+    GrammarConstraint,
     JsonConstraint,
     SamplingParams,
     TokenLogprob,
+    ToolCallConstraint,
     TopLogprob,
     Usage,
 )
@@ -72,6 +75,8 @@ def structured_outputs(constraint: Constraint | None) -> Any:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
+    if isinstance(constraint, GrammarConstraint):
+        return StructuredOutputsParams(grammar=constraint.gbnf)
     if isinstance(constraint, JsonConstraint):
         # Compact JSON: free whitespace lets a small model indent itself into the token limit.
         if constraint.schema is None:
@@ -91,6 +96,28 @@ def structured_outputs(constraint: Constraint | None) -> Any:
         fmt = {"type": "triggered_tags", "triggers": [tl.OPEN], "tags": [tag]}
     fmt["stop_after_first"] = not constraint.parallel
     return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt}))
+
+
+def render_chat(tok: Any, req: GenerationRequest) -> str:
+    """A chat request's prompt through the HF tokenizer's ``apply_chat_template`` (the same
+    rendering ``backends.chat_template`` reproduces for GGUF models)."""
+    assert req.messages is not None
+    native = "tools" in str(getattr(tok, "chat_template", "") or "")
+    required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
+    messages = tl.template_messages(req.messages, req.tools, native=native, required=required)
+    try:
+        return str(
+            tok.apply_chat_template(
+                messages,
+                tools=tl.openai_tools(req.tools) if req.tools and native else None,
+                documents=None if req.documents is None else list(req.documents),
+                add_generation_prompt=True,
+                tokenize=False,
+                **req.template_kwargs,
+            )
+        )
+    except Exception as exc:
+        raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
 
 
 def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) -> Any:

@@ -1,4 +1,5 @@
-"""One OpenAI choice assembled from engine chunks: content, tool calls, logprobs, finish reason."""
+"""One OpenAI choice assembled from engine chunks: content, reasoning, tool calls, logprobs,
+finish reason."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class Delta:
     """What one engine chunk adds to a choice, in the client's terms."""
 
     text: str = ""
+    reasoning: str = ""
     calls: list[ToolCall] = field(default_factory=list)
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: str | None = None
@@ -23,8 +25,13 @@ class ChoiceState:
     totals a non-streamed response needs. ``prefix`` is text shown before the generation
     (completions' ``echo``)."""
 
-    def __init__(self, index: int, tool_names: frozenset[str] = frozenset(), prefix: str = "") -> None:
+    def __init__(
+        self, index: int, tool_names: frozenset[str] = frozenset(), prefix: str = "", *, include_reasoning: bool = True
+    ) -> None:
         self.index = index
+        # False (vLLM's include_reasoning): the reasoning is left out of the response.
+        self._include_reasoning = include_reasoning
+        self.reasoning: list[str] = []
         self._parser = ToolCallParser(tool_names) if tool_names else None
         self._prefix = prefix
         self.text: list[str] = []
@@ -49,10 +56,12 @@ class ChoiceState:
             if finish == "stop" and (self.calls or calls):
                 finish = "tool_calls"
             self.finish_reason, self.usage = finish, chunk.usage
+        reasoning = chunk.reasoning if self._include_reasoning else ""
         self.text.append(text)
+        self.reasoning.append(reasoning)
         self.calls.extend(calls)
         self.logprobs.extend(chunk.logprobs)
-        return Delta(text, calls, chunk.logprobs, finish)
+        return Delta(text, reasoning, calls, chunk.logprobs, finish)
 
 
 def total_usage(states: list[ChoiceState], n: int = 1) -> Usage | None:

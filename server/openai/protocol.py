@@ -216,6 +216,8 @@ class ChatCompletionRequest(_SamplingFields):
     documents: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     reasoning_format: Literal["auto", "deepseek", "deepseek-legacy", "none"] | None = None
     include_reasoning: bool | None = None
+    # llama-server's extension: a GBNF grammar the output must match.
+    grammar: str | None = Field(default=None, min_length=1, max_length=100_000)
     # Declared so they can be refused by name (never silently ignored).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None

@@ -11,6 +11,7 @@ from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.types import (
     Constraint,
     GenerationRequest,
+    GrammarConstraint,
     JsonConstraint,
     Message,
     SamplingParams,
@@ -159,16 +160,20 @@ def _template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
     """The tools the prompt shows and the output constraint, per OpenAI's tool_choice rules."""
     fmt = req.response_format
-    json_constraint: Constraint | None = None
+    output_constraint: Constraint | None = None
     if isinstance(fmt, JsonObjectFormat):
-        json_constraint = JsonConstraint()
+        output_constraint = JsonConstraint()
     elif isinstance(fmt, JsonSchemaResponseFormat):
-        json_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+        output_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+    if req.grammar is not None:
+        if output_constraint is not None:
+            raise InvalidRequest("grammar and response_format cannot be combined; send one.", param="grammar")
+        output_constraint = GrammarConstraint(req.grammar)
     choice = req.tool_choice
     if not req.tools:
         if choice is not None and choice != "none":
             raise InvalidRequest("tool_choice is only allowed when tools are given.", param="tool_choice")
-        return (), json_constraint
+        return (), output_constraint
     defs = tuple(
         ToolDef(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
         for t in req.tools
@@ -177,10 +182,11 @@ def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ..
     if len(set(names)) != len(names):
         raise InvalidRequest("tools must have distinct function names.", param="tools")
     if choice == "none":
-        return (), json_constraint  # OpenAI: the model will not call a tool, so it need not see them
-    if json_constraint is not None:
+        return (), output_constraint  # OpenAI: the model will not call a tool, so it need not see them
+    if output_constraint is not None:
         raise UnsupportedParameter(
-            "response_format cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
+            "response_format (or grammar) cannot be combined with tools that may be called; "
+            "use tool_choice 'none' or drop one.",
             param="response_format",
         )
     parallel = req.parallel_tool_calls is not False

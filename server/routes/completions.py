@@ -65,7 +65,10 @@ async def _generate(
     ]
     gens = await start_all(streams)
     tool_names = frozenset(t.name for t in reqs[0].tools) if reqs[0].constraint is not None else frozenset()
-    states = [ChoiceState(i, tool_names, prefixes[i // n]) for i in range(len(gens))]
+    include_reasoning = not isinstance(body, ChatCompletionRequest) or body.include_reasoning is not False
+    states = [
+        ChoiceState(i, tool_names, prefixes[i // n], include_reasoning=include_reasoning) for i in range(len(gens))
+    ]
     if not body.stream:
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
