@@ -53,6 +53,13 @@ RULES: tuple[Rule, ...] = (
     Rule("Functionary v3.1 (Llama 3.1)", ("<function=", "<|start_header_id|>"), "functionary_v3_1"),
     Rule("Qwen3-Coder / Qwen3.5", ("<tool_call>", "<function=", "<parameter="), "qwen3_coder"),
     Rule("Granite 3.x", ("<|tool_call|>",), "granite"),
+    # Families recognised but whose own syntax is not implemented yet: Hermes form (see call_formats).
+    Rule("GLM 4.5+", ("<arg_key>", "<arg_value>"), "glm"),
+    Rule("MiniMax M2/M3", ("<invoke name=",), "minimax"),
+    Rule("Apriel", ("<tool_calls>[",), "apriel"),
+    Rule("Kimi K2", ("<|tool_calls_section_begin|>",), "kimi_k2"),
+    Rule("Command R7B", ("<|START_ACTION|>",), "command_r7b"),
+    Rule("Seed-OSS", ("<seed:tool_call>",), "seed_oss"),
     Rule("Llama 3.x", ("<|start_header_id|>", "ipython"), "llama3_json"),
     Rule("Hermes 2 Pro / Qwen 2.5 / Qwen3", ("<tool_call>",), "hermes"),
 )

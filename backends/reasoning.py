@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from backends.textstream import partial_suffix
 from backends.types import GenerationChunk, GenerationRequest
 
 
@@ -33,14 +34,6 @@ class ReasoningMarkers:
         """Did the rendered prompt open a block the model is to continue?"""
         at = prompt.rfind(self.open)
         return at >= 0 and prompt.find(self.close, at) < 0
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper beginning of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 class ReasoningSplitter:
@@ -73,7 +66,7 @@ class ReasoningSplitter:
                     reasoning.append(self._buf[:end])
                     self._buf, self._state = self._buf[end + len(self._m.close) :], "after"
                     continue
-                keep = _partial_suffix(self._buf, self._m.close)
+                keep = partial_suffix(self._buf, self._m.close)
                 reasoning.append(self._buf[: len(self._buf) - keep])
                 self._buf = self._buf[len(self._buf) - keep :]
                 break

@@ -92,6 +92,8 @@ class ToolCallConstraint:
     tools: tuple[ToolDef, ...]
     required: bool
     parallel: bool = True
+    # The model family's call syntax (a ``backends.call_formats`` name); the backend sets it.
+    format: str = "hermes"
 
 
 @dataclass(frozen=True, slots=True)

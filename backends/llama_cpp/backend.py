@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from backends import memplan
 from backends.base import Backend, BackendOptions
+from backends.call_formats import FORMATS, CallFormat, call_format, in_format
 from backends.chat_template import ChatTemplate
 from backends.embeddings import (
     EmbeddingRequest,
@@ -168,6 +169,12 @@ class LlamaCppBackend(Backend):
     def stats(self) -> EngineStats:
         return self._engine.stats() if self._engine else EngineStats()
 
+    def call_format(self) -> CallFormat:
+        template = self._template
+        if template is None or not template.native_tools:
+            return FORMATS["hermes"]  # our preamble teaches the Hermes form
+        return call_format(template.format.tool_format)
+
     def _chat_template(self) -> ChatTemplate:
         if self._template is None:
             raise InvalidRequest(
@@ -212,9 +219,8 @@ class LlamaCppBackend(Backend):
         else:
             tokens = self.tokenize_request(req)
         _check_context(tokens, req, engine.n_ctx)
-        stream = engine.generate(
-            req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
-        )
+        constraint = in_format(req.constraint, self.call_format())
+        stream = engine.generate(req.request_id, tokens, req.sampling, constraint, queue_timeout_s=req.queue_timeout_s)
         async for chunk in stream:
             yield split_chunk(splitter, chunk)
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend
+from backends.call_formats import FORMATS, CallFormat, call_format, in_format
 from backends.chat_format import ChatFormat, detect
 from backends.embeddings import (
     EmbeddingRequest,
@@ -35,7 +36,6 @@ from backends.embeddings import (
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
-    ContextLengthExceeded,
     InvalidRequest,
     UnsupportedParameter,
 )
@@ -52,8 +52,11 @@ from backends.types import (
 )
 from backends.vllm.convert import (
     EngineCounts,
+    check_context,
     render_chat,
+    render_tokenize_chat,
     stat_logger_factory,
+    tag_format,
     to_chunk,
     to_vllm_sampling,
     translate_error,
@@ -292,6 +295,10 @@ class VllmBackend(Backend):
         running = min(self._counts.running, unfinished)
         return EngineStats(running=running, waiting=unfinished - running, kv_cache_usage=self._counts.kv_cache_usage)
 
+    def call_format(self) -> CallFormat:
+        native = "tools" in str(getattr(self._tokenizer, "chat_template", "") or "")
+        return tag_format(call_format(self._format.tool_format)) if native else FORMATS["hermes"]
+
     def _require_engine(self) -> Any:
         if self._engine is None:
             raise BackendUnavailable(f"model {self.spec.id!r} is not loaded")
@@ -304,10 +311,12 @@ class VllmBackend(Backend):
         engine = self._require_engine()
         prompt_ids, prompt_text = self._encode(req)
         splitter = splitter_for(self._format.reasoning, req, prompt_text) if prompt_text is not None else None
-        self._check_context(len(prompt_ids), req.sampling.max_tokens, param="messages" if req.messages else "prompt")
+        param = "messages" if req.messages else "prompt"
+        check_context(self._max_model_len, len(prompt_ids), req.sampling.max_tokens, param=param)
         if req.suffix is not None:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
-        params = to_vllm_sampling(req.sampling, req.constraint)
+        constraint = in_format(req.constraint, self.call_format())
+        params = to_vllm_sampling(req.sampling, constraint)
         from vllm.inputs import TokensPrompt
 
         try:
@@ -357,18 +366,6 @@ class VllmBackend(Backend):
         check_unicode(req.prompt or "", "prompt")
         return list(tok.encode(req.prompt or "", add_special_tokens=True)), None
 
-    def _check_context(self, prompt_tokens: int, max_tokens: int | None, *, param: str) -> None:
-        limit = self._max_model_len
-        if prompt_tokens == 0:
-            raise InvalidRequest("the prompt is empty", param=param)
-        wanted = prompt_tokens + (max_tokens or 1)
-        if prompt_tokens >= limit or wanted > limit:
-            detail = f"{prompt_tokens} in the prompt" + (f" + {max_tokens} max_tokens" if max_tokens else "")
-            raise ContextLengthExceeded(
-                f"this model's maximum context length is {limit} tokens; the request needs {wanted} ({detail})",
-                param=param,
-            )
-
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
         # One vLLM engine is either a generation engine or a pooling one (runner="pooling"); an
@@ -384,20 +381,7 @@ class VllmBackend(Backend):
         tok = self._tokenizer
         text = req.prompt
         if req.messages is not None:
-            messages = [
-                {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
-            ]
-            try:
-                text = tok.apply_chat_template(
-                    messages,
-                    add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-                    continue_final_message=req.continue_final_message,
-                    tokenize=False,
-                )
-            except Exception as exc:
-                raise InvalidRequest(
-                    f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
-                ) from None
+            text = render_tokenize_chat(tok, req)
         assert text is not None
         check_unicode(text, "prompt" if req.messages is None else "messages")
         ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)

@@ -10,7 +10,9 @@ import json
 from typing import Any
 
 from backends import tools as tl
-from backends.errors import BackendUnavailable, InvalidRequest, Overloaded
+from backends.call_formats import FORMATS, CallFormat, call_format
+from backends.embeddings import TokenizeRequest
+from backends.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, Overloaded
 from backends.types import (
     Constraint,
     FinishReason,
@@ -82,20 +84,57 @@ def structured_outputs(constraint: Constraint | None) -> Any:
         if constraint.schema is None:
             return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         return StructuredOutputsParams(json=constraint.schema, disable_any_whitespace=True)
-    tag = {
-        "type": "tag",
-        "begin": f"{tl.OPEN}\n",
-        "content": {"type": "json_schema", "json_schema": tl.call_schema(constraint.tools)},
-        "end": f"\n{tl.CLOSE}",
-    }
+    fmt = call_format(constraint.format)
+    tags, trigger, separator = _call_tags(constraint, fmt)
     if constraint.required:
-        # Nothing but calls: one or more tags, newline-separated.
-        fmt = {"type": "tags_with_separator", "tags": [tag], "separator": "\n", "at_least_one": True}
+        # Nothing but calls: one or more tags, separated the family's way.
+        body = {"type": "tags_with_separator", "tags": tags, "separator": separator, "at_least_one": True}
     else:
-        # Free text until "<tool_call>", then a valid call.
-        fmt = {"type": "triggered_tags", "triggers": [tl.OPEN], "tags": [tag]}
-    fmt["stop_after_first"] = not constraint.parallel
-    return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt}))
+        # Free text until the family's trigger, then a valid call.
+        body = {"type": "triggered_tags", "triggers": [trigger], "tags": tags}
+    body["stop_after_first"] = not (constraint.parallel and fmt.parallel)
+    fmt_json = body
+    return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt_json}))
+
+
+def tag_format(fmt: CallFormat) -> CallFormat:
+    """The family's format if structural tags can express it (one tag per call, no enclosing
+    block, JSON arguments), else Hermes."""
+    return FORMATS["hermes"] if fmt.block_open or fmt.shape == "xml" else fmt
+
+
+def _call_tags(c: ToolCallConstraint, fmt: CallFormat) -> tuple[list[dict[str, Any]], str, str]:
+    """One structural tag per tool (its name fixed in the tag's begin), the trigger, the separator."""
+    if fmt.shape == "hermes":
+        tag = {
+            "type": "tag",
+            "begin": f"{tl.OPEN}\n",
+            "content": {"type": "json_schema", "json_schema": tl.call_schema(c.tools)},
+            "end": f"\n{tl.CLOSE}",
+        }
+        return [tag], tl.OPEN, "\n"
+    tags = []
+    for t in c.tools:
+        args = {"type": "json_schema", "json_schema": t.parameters or {"type": "object"}}
+        if fmt.shape == "object":
+            begin = f'{fmt.call_open}{{"name": "{t.name}", "{fmt.args_key}": '
+            tags.append({"type": "tag", "begin": begin, "content": args, "end": "}" + fmt.call_close})
+        else:
+            begin = f"{fmt.call_open}{t.name}{fmt.name_sep}"
+            tags.append({"type": "tag", "begin": begin, "content": args, "end": fmt.call_close})
+    return tags, fmt.trigger, fmt.separator
+
+
+def check_context(limit: int, prompt_tokens: int, max_tokens: int | None, *, param: str) -> None:
+    if prompt_tokens == 0:
+        raise InvalidRequest("the prompt is empty", param=param)
+    wanted = prompt_tokens + (max_tokens or 1)
+    if prompt_tokens >= limit or wanted > limit:
+        detail = f"{prompt_tokens} in the prompt" + (f" + {max_tokens} max_tokens" if max_tokens else "")
+        raise ContextLengthExceeded(
+            f"this model's maximum context length is {limit} tokens; the request needs {wanted} ({detail})",
+            param=param,
+        )
 
 
 def render_chat(tok: Any, req: GenerationRequest) -> str:
@@ -118,6 +157,24 @@ def render_chat(tok: Any, req: GenerationRequest) -> str:
         )
     except Exception as exc:
         raise InvalidRequest(f"the model's chat template rejected the messages: {describe(exc)}") from None
+
+
+def render_tokenize_chat(tok: Any, req: TokenizeRequest) -> str:
+    """/tokenize's chat: the messages through ``apply_chat_template`` as vLLM's route renders them."""
+    assert req.messages is not None
+    messages = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages]
+    try:
+        return str(
+            tok.apply_chat_template(
+                messages,
+                add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+                continue_final_message=req.continue_final_message,
+                tokenize=False,
+            )
+        )
+    except Exception as exc:
+        message = f"the model's chat template rejected the messages: {describe(exc)}"
+        raise InvalidRequest(message, param="messages") from None
 
 
 def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) -> Any:

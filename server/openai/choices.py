@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.tools import ToolCallParser
+from backends.call_parser import CallParser
 from backends.types import GenerationChunk, TokenLogprob, ToolCall, Usage
 
 
@@ -21,18 +21,19 @@ class Delta:
 
 
 class ChoiceState:
-    """Feeds engine chunks through the tool-call parser (when tools may be called) and keeps the
+    """Feeds engine chunks through the model family's tool-call parser (when tools may be called,
+    see ``backends.call_parser``) and keeps the
     totals a non-streamed response needs. ``prefix`` is text shown before the generation
     (completions' ``echo``)."""
 
     def __init__(
-        self, index: int, tool_names: frozenset[str] = frozenset(), prefix: str = "", *, include_reasoning: bool = True
+        self, index: int, parser: CallParser | None = None, prefix: str = "", *, include_reasoning: bool = True
     ) -> None:
         self.index = index
         # False (vLLM's include_reasoning): the reasoning is left out of the response.
         self._include_reasoning = include_reasoning
         self.reasoning: list[str] = []
-        self._parser = ToolCallParser(tool_names) if tool_names else None
+        self._parser = parser
         self._prefix = prefix
         self.text: list[str] = []
         self.calls: list[ToolCall] = []

@@ -84,8 +84,7 @@ TEMPLATES = chat_templates()
 def _openai_dict(m: Message) -> dict[str, Any]:
     """The message as a client writes it for transformers (arguments as a mapping, HF's convention)."""
     out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.tool_calls:
-        out["content"] = m.content or None
+    if m.tool_calls:  # content stays "" beside the calls, as quantserve passes it
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
             for c in m.tool_calls
