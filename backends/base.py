@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from backends.call_formats import FORMATS, CallFormat
 from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult
 from backends.errors import UnsupportedParameter
 from backends.types import BackendInfo, Device, EngineStats, GenerationChunk, GenerationRequest, ModelSpec, Support
@@ -63,6 +64,11 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    def call_format(self) -> CallFormat:
+        """The tool-call syntax this model is prompted, constrained and parsed with (its family's
+        when the engine can enforce it, else Hermes)."""
+        return FORMATS["hermes"]
 
     # ---- optional capabilities: a backend without them answers 400 unsupported_parameter ----
     def _cannot(self, what: str) -> UnsupportedParameter:

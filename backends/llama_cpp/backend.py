@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from backends import memplan
 from backends.base import Backend, BackendOptions
+from backends.call_formats import FORMATS, CallFormat, call_format, in_format
 from backends.chat_template import ChatTemplate
 from backends.checks import check_prompt_fits, check_token_ids
 from backends.embeddings import (
@@ -32,6 +33,7 @@ from backends.errors import (
 from backends.formats import gguf_file_type_name
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
+from backends.reasoning import split_chunk
 from backends.types import (
     BackendInfo,
     Device,
@@ -41,7 +43,6 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
-    ToolCallConstraint,
 )
 
 if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
@@ -102,7 +103,11 @@ class LlamaCppBackend(Backend):
             ) from exc
         source = self._opts.chat_template or self._engine.metadata.get("tokenizer.chat_template")
         if source:
-            self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            try:
+                self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            except BackendStartupError as exc:
+                await self.stop()
+                raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from None
         else:
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
         self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
@@ -164,18 +169,25 @@ class LlamaCppBackend(Backend):
     def stats(self) -> EngineStats:
         return self._engine.stats() if self._engine else EngineStats()
 
+    def call_format(self) -> CallFormat:
+        template = self._template
+        if template is None or not template.native_tools:
+            return FORMATS["hermes"]  # our preamble teaches the Hermes form
+        return call_format(template.format.tool_format)
+
+    def _chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            raise InvalidRequest(
+                f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
+                param="messages",
+            )
+        return self._template
+
     def tokenize_request(self, req: GenerationRequest) -> list[int]:
         engine = self._require_engine()
         if req.messages is not None:
-            if self._template is None:
-                raise InvalidRequest(
-                    f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
-                    param="messages",
-                )
-            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            text = self._template.render(req.messages, tools=req.tools, tools_required=required)
             # The rendered template already holds any BOS it wants; parse its special tokens.
-            return engine.tokenize(text, add_special=False)
+            return engine.tokenize(self._chat_template().render_request(req), add_special=False)
         assert req.prompt is not None
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, engine.n_vocab, "prompt")
@@ -198,7 +210,14 @@ class LlamaCppBackend(Backend):
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
-        tokens = self.tokenize_request(req)
+        splitter = None
+        if req.messages is not None:
+            template = self._chat_template()
+            prompt = template.render_request(req)
+            tokens = engine.tokenize(prompt, add_special=False)
+            splitter = template.reasoning_splitter(req, prompt)
+        else:
+            tokens = self.tokenize_request(req)
         check_prompt_fits(
             len(tokens),
             n_ctx=engine.n_ctx,
@@ -206,11 +225,10 @@ class LlamaCppBackend(Backend):
             max_prompt_tokens=req.max_prompt_tokens,
             param="messages" if req.messages is not None else "prompt",
         )
-        stream = engine.generate(
-            req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
-        )
+        constraint = in_format(req.constraint, self.call_format())
+        stream = engine.generate(req.request_id, tokens, req.sampling, constraint, queue_timeout_s=req.queue_timeout_s)
         async for chunk in stream:
-            yield chunk
+            yield split_chunk(splitter, chunk)
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     def _native_model(self) -> tuple[LlamaEngine, NativeModel]:

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
+from backends.call_parser import call_parser
 from backends.errors import InvalidRequest
-from backends.types import GenerationRequest
+from backends.types import GenerationRequest, ToolCallConstraint
 from server.http.deps import RequestId, get_pool, get_settings
 from server.openai.choices import ChoiceState
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -67,8 +68,18 @@ async def _generate(
         for r in choices(req, n)
     ]
     gens = await start_all(streams)
-    tool_names = frozenset(t.name for t in reqs[0].tools) if reqs[0].constraint is not None else frozenset()
-    states = [ChoiceState(i, tool_names, prefixes[i // n]) for i in range(len(gens))]
+    calls = isinstance(reqs[0].constraint, ToolCallConstraint)
+    fmt = backend.call_format()
+    include_reasoning = not isinstance(body, ChatCompletionRequest) or body.include_reasoning is not False
+    states = [
+        ChoiceState(
+            i,
+            call_parser(fmt, reqs[0].tools) if calls else None,
+            prefixes[i // n],
+            include_reasoning=include_reasoning,
+        )
+        for i in range(len(gens))
+    ]
     if not body.stream:
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -42,6 +42,18 @@ def test_a_file_that_is_not_a_model_fails_to_load_cleanly(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_a_chat_template_that_does_not_compile_fails_naming_the_model(tmp_path: Path, model_path: Path) -> None:
+    config = tmp_path / "bad-template.yaml"
+    template = "{% for m in messages %}{{ m.content }}{% endfor"  # unclosed tag
+    config.write_text(
+        f"models:\n  - id: broken-template\n    path: {model_path}\n    options: {{chat_template: '{template}'}}\n"
+    )
+    result = run_serve("--config", str(config))
+    assert result.returncode == 1
+    assert "model 'broken-template': its chat template does not compile (line 1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_model_path_and_two_models_from_config(tmp_path: Path, model_path: Path) -> None:
     config = tmp_path / "two.yaml"
     config.write_text(
