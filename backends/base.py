@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult
 from backends.errors import UnsupportedParameter
+from backends.memplan import MemoryPlan
 from backends.types import BackendInfo, Device, EngineStats, GenerationChunk, GenerationRequest, ModelSpec, Support
 
 
@@ -63,6 +64,11 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    def memory_plan(self) -> MemoryPlan | None:
+        """What loading this model will take (``backends.memplan``), before it is loaded; None
+        when the engine cannot say. The server budgets loads with it."""
+        return None
 
     # ---- optional capabilities: a backend without them answers 400 unsupported_parameter ----
     def _cannot(self, what: str) -> UnsupportedParameter:

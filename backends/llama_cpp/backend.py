@@ -25,6 +25,7 @@ from backends.embeddings import (
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
+    ConfigError,
     ContextLengthExceeded,
     InvalidRequest,
     UnsupportedParameter,
@@ -107,6 +108,19 @@ class LlamaCppBackend(Backend):
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
         self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
+
+    def memory_plan(self) -> memplan.MemoryPlan | None:
+        try:
+            return memplan.plan_llama_cpp(
+                self.spec.path,
+                n_ctx=self._opts.n_ctx,
+                parallel=self._opts.parallel,
+                cache_type_k=self._opts.cache_type_k,
+                cache_type_v=self._opts.cache_type_v,
+                on_host=self._opts.n_gpu_layers == 0,
+            )
+        except (ConfigError, KeyError, ValueError, ImportError):
+            return None
 
     def _open_engine(self) -> LlamaEngine:
         from backends.llama_cpp.batched import BatchedEngine

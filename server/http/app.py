@@ -15,6 +15,7 @@ from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, Re
 from server.routes import completions, embeddings, health, metrics, models, tokenize
 from server.runtime.metrics import Metrics
 from server.runtime.pool import ModelPool
+from server.runtime.residency import Resident
 from server.settings import Settings
 
 
@@ -41,7 +42,11 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         # Read at scrape time: the pool exists once the lifespan has started.
         return getattr(app.state, "pool", None) or ()
 
-    app.state.metrics = Metrics(served)
+    def residents() -> Iterable[Resident]:
+        current = getattr(app.state, "pool", None)
+        return current.residents() if current is not None else ()
+
+    app.state.metrics = Metrics(served, residents)
     install_error_handlers(app)
     # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
     app.add_middleware(DisconnectMiddleware)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.embeddings import EmbeddingInput
+from server.runtime.keep_alive import KeepAlive
 
 # OpenAI's own limit on inputs in one embeddings request.
 MAX_EMBEDDING_INPUTS = 2048
@@ -23,6 +24,7 @@ class EmbeddingBody(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None  # accepted, as OpenAI does; nothing to do with it locally
+    keep_alive: KeepAlive | None = None  # Ollama's: how long the model stays loaded afterwards
 
     @field_validator("input")
     @classmethod

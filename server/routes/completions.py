@@ -21,7 +21,7 @@ from server.openai.translate import chat_request, choices, completion_requests
 from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
 from server.runtime.observe import observe
-from server.runtime.pool import ModelPool
+from server.runtime.pool import Lease, ModelPool
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -34,7 +34,22 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 async def _generate(
     body: ChatCompletionRequest | CompletionRequest, pool: ModelPool, settings: Settings, metrics: Metrics
 ) -> Response:
-    backend = pool.serving(body.model)  # 503 while the model's engine is down or restarting
+    # Loads the model first when it is not loaded; 503 while its engine is down or restarting.
+    lease = await pool.acquire(body.model, body.keep_alive)
+    handed_over = False
+    try:
+        response = await _respond(body, lease, pool, settings, metrics)
+        handed_over = isinstance(response, EventSourceResponse)
+        return response
+    finally:
+        if not handed_over:  # a stream releases the model when it ends
+            lease.release()
+
+
+async def _respond(
+    body: ChatCompletionRequest | CompletionRequest, lease: Lease, pool: ModelPool, settings: Settings, metrics: Metrics
+) -> Response:
+    backend = lease.backend
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -70,7 +85,7 @@ async def _generate(
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
-        sse_events(gens, states, shape, include_usage=include_usage, n=n),
+        lease.hold(sse_events(gens, states, shape, include_usage=include_usage, n=n)),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

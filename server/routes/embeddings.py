@@ -13,6 +13,7 @@ import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from backends.base import Backend
 from backends.embeddings import EmbeddingRequest
 from server.http.deps import get_pool
 from server.http.errors import RequestTimeout, classify
@@ -29,7 +30,15 @@ T = TypeVar("T")
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics) -> JSONResponse:
-    backend = pool.serving(body.model)  # 503 naming why while the model's engine is down
+    # Loads the model when it is not loaded; 503 naming why while its engine is down.
+    lease = await pool.acquire(body.model, body.keep_alive)
+    try:
+        return await _embed(body, lease.backend, pool, metrics)
+    finally:
+        lease.release()
+
+
+async def _embed(body: EmbeddingBody, backend: Backend, pool: ModelPool, metrics: Metrics) -> JSONResponse:
     limits = pool.limits(body.model)
     req = EmbeddingRequest(
         request_id=f"embd-{uuid.uuid4().hex}",
