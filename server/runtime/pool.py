@@ -24,7 +24,7 @@ from backends.formats import detect_format
 from backends.registry import create_backend
 from backends.types import Device, ModelSpec
 from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
-from server.runtime.residency import Resident, RoomRule, budget_bytes
+from server.runtime.residency import NoRoomToLoad, Resident, RoomRule, budget_bytes
 from server.runtime.supervisor import RestartPolicy, Supervisor, describe
 from server.settings import ModelConfig, Settings
 
@@ -261,6 +261,8 @@ class ModelPool:
                         self._begin_load(resident)
                     await resident.loaded.wait()
                     if resident.state == "available" and resident.load_error is not None:
+                        if resident.no_room:  # already says what stands in the way
+                            raise NoRoomToLoad(resident.load_error)
                         raise BackendStartupError(
                             f"The model '{resident.model_id}' could not be loaded: {resident.load_error}"
                         )
@@ -315,7 +317,9 @@ class ModelPool:
                 started = time.perf_counter()
                 await backend.start()
             except BaseException as exc:
-                resident.state, resident.load_error = "available", describe(exc)
+                resident.no_room = isinstance(exc, NoRoomToLoad)
+                resident.state = "available"
+                resident.load_error = exc.message if isinstance(exc, NoRoomToLoad) else describe(exc)
                 raise
             finally:
                 resident.loaded.set()

@@ -42,6 +42,7 @@ class Resident:
     last_used: float = field(default_factory=time.monotonic)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever a load attempt ends
     load_error: str | None = None  # why the last on-demand load failed
+    no_room: bool = False  # ... because busy models stood in the way (NoRoomToLoad)
     planned_bytes: int | None = None  # the planner's estimate, read once
     # Counters the metrics read.
     loads: int = 0
