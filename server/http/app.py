@@ -12,7 +12,7 @@ from backends.base import Backend
 from server.http.auth import ApiKeyMiddleware
 from server.http.errors import install_error_handlers
 from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
-from server.routes import completions, embeddings, health, metrics, models, tokenize
+from server.routes import completions, embeddings, health, metrics, models, playground, tokenize
 from server.runtime.metrics import Metrics
 from server.runtime.pool import ModelPool
 from server.runtime.residency import Resident
@@ -51,7 +51,8 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
     # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
     app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=settings.open_paths)
+    open_paths = settings.open_paths + (playground.PLAYGROUND_PATHS if settings.playground else ())
+    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=open_paths)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -63,4 +64,6 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         )
     for routes in (health, completions, models, embeddings, tokenize, metrics):
         app.include_router(routes.router)
+    if settings.playground:
+        app.include_router(playground.router)
     return app
