@@ -84,7 +84,10 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        memplan.guard_llama_cpp(
+        # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
+        # loop keeps serving the other models' streams meanwhile.
+        await asyncio.to_thread(
+            memplan.guard_llama_cpp,
             self.spec.id,
             self.spec.path,
             n_ctx=self._opts.n_ctx,

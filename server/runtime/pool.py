@@ -184,6 +184,12 @@ class ModelPool:
             await self.stop_all()
             raise
         self._reaper = asyncio.create_task(self._reap(), name="unload-idle-models")
+        self._spawn(self._plan_all())
+
+    async def _plan_all(self) -> None:
+        """Read every model's memory estimate ahead, so neither /v1/models nor a first request waits on it."""
+        for resident in self._residents.values():
+            await resident.plan()
 
     async def stop_all(self) -> None:
         if self._reaper is not None:
@@ -307,14 +313,16 @@ class ModelPool:
                 return
             resident.state, resident.load_error = "loading", None
             resident.loaded.clear()
+            started = time.perf_counter()  # the load time counts planning and making room
             try:
+                for other in self._residents.values():
+                    await other.plan()
                 for victim in self._residency.room.victims(resident, self._residents.values()):
                     log.info("unloading idle model %s to make room for %s", victim.model_id, resident.model_id)
                     victim.evictions += 1
                     await self._unload(victim, "evicted")
                 backend = resident.backend
                 log.info("loading model %s with %s", backend.spec.id, backend.name)
-                started = time.perf_counter()
                 await backend.start()
             except BaseException as exc:
                 resident.no_room = isinstance(exc, NoRoomToLoad)

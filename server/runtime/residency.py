@@ -57,12 +57,17 @@ class Resident:
     def model_id(self) -> str:
         return self.backend.spec.id
 
-    def memory(self) -> int:
-        """The planner's estimate in bytes (0 when the engine cannot say)."""
+    async def plan(self) -> int:
+        """Read the planner's estimate once, in a thread (it parses the model's header, which
+        can take seconds on a busy machine, and the event loop keeps serving meanwhile)."""
         if self.planned_bytes is None:
-            plan = self.backend.memory_plan()
+            plan = await asyncio.to_thread(self.backend.memory_plan)
             self.planned_bytes = plan.total_bytes if plan is not None else 0
         return self.planned_bytes
+
+    def memory(self) -> int:
+        """The planner's estimate in bytes (0 when the engine cannot say or ``plan`` has not run)."""
+        return self.planned_bytes or 0
 
     def idle_s(self, now: float) -> float | None:
         return None if self.in_use else now - self.last_used
