@@ -6,7 +6,7 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend, BackendOptions
@@ -86,16 +86,7 @@ class LlamaCppBackend(Backend):
             return
         # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
         # loop keeps serving the other models' streams meanwhile.
-        await asyncio.to_thread(
-            memplan.guard_llama_cpp,
-            self.spec.id,
-            self.spec.path,
-            n_ctx=self._opts.n_ctx,
-            parallel=self._opts.parallel,
-            cache_type_k=self._opts.cache_type_k,
-            cache_type_v=self._opts.cache_type_v,
-            on_host=self._opts.n_gpu_layers == 0,
-        )
+        await asyncio.to_thread(memplan.guard_llama_cpp, self.spec.id, self.spec.path, **self._plan_args())
         try:
             self._engine = await asyncio.to_thread(self._open_engine)
         except BackendStartupError as exc:
@@ -112,16 +103,20 @@ class LlamaCppBackend(Backend):
         self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
 
+    def _plan_args(self) -> dict[str, Any]:
+        """What the memory planner needs from the options."""
+        opts = self._opts
+        return {
+            "n_ctx": opts.n_ctx,
+            "parallel": opts.parallel,
+            "cache_type_k": opts.cache_type_k,
+            "cache_type_v": opts.cache_type_v,
+            "on_host": opts.n_gpu_layers == 0,
+        }
+
     def memory_plan(self) -> memplan.MemoryPlan | None:
         try:
-            return memplan.plan_llama_cpp(
-                self.spec.path,
-                n_ctx=self._opts.n_ctx,
-                parallel=self._opts.parallel,
-                cache_type_k=self._opts.cache_type_k,
-                cache_type_v=self._opts.cache_type_v,
-                on_host=self._opts.n_gpu_layers == 0,
-            )
+            return memplan.plan_llama_cpp(self.spec.path, **self._plan_args())
         except (ConfigError, KeyError, ValueError, ImportError):
             return None
 
