@@ -21,7 +21,8 @@ from server.openai.translate import chat_request, choices, completion_requests
 from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
 from server.runtime.observe import observe
-from server.runtime.pool import Lease, ModelPool
+from server.runtime.pool import ModelPool
+from server.runtime.residency import Lease
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1")

@@ -13,9 +13,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from backends.base import Backend
 from backends.device import detect_device
@@ -24,7 +23,7 @@ from backends.formats import detect_format
 from backends.registry import create_backend
 from backends.types import Device, ModelSpec
 from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
-from server.runtime.residency import NoRoomToLoad, Resident, RoomRule, budget_bytes
+from server.runtime.residency import Lease, NoRoomToLoad, Resident, RoomRule, budget_bytes
 from server.runtime.supervisor import RestartPolicy, Supervisor, describe
 from server.settings import ModelConfig, Settings
 
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 # Backends whose engine enforces queue_timeout_s. vLLM's scheduler owns its queue, and AsyncLLM's
 # stream does not say when a request is scheduled (its first output also waits for the prefill).
 QUEUE_TIMEOUT_BACKENDS = frozenset({"llama_cpp"})
-T = TypeVar("T")
 REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
 
 
@@ -89,36 +87,6 @@ def _queue_timeout(config: ModelConfig, settings: Settings, backend: Backend) ->
     if settings.queue_timeout_s is not None:
         log.warning("model %s (%s): queue_timeout_s does not apply; request_timeout_s does", config.id, backend.name)
     return None
-
-
-class Lease:
-    """A request's hold on a loaded model; ``release`` (idempotent) lets it go idle again."""
-
-    def __init__(self, pool: ModelPool, resident: Resident, keep_alive: float | None) -> None:
-        self._pool = pool
-        self._resident = resident
-        self._keep_alive = keep_alive
-        self._released = False
-        self.backend = resident.backend
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self._resident, self._keep_alive)
-
-    async def hold(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
-        """Pass ``items`` through, releasing the lease when they end (or the consumer leaves);
-        closing the wrapper closes ``items`` first, so their own clean-up runs now."""
-        try:
-            async for item in items:
-                yield item
-        finally:
-            try:
-                aclose = getattr(items, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            finally:
-                self.release()
 
 
 class ModelPool:
@@ -244,7 +212,7 @@ class ModelPool:
         self.serving(model_id)  # 503 while its engine is down or restarting
         resident.in_use += 1
         resident.last_used = time.monotonic()
-        return Lease(self, resident, keep_alive)
+        return Lease(resident, keep_alive, self._release)
 
     def _release(self, resident: Resident, keep_alive: float | None) -> None:
         resident.in_use -= 1
@@ -317,10 +285,7 @@ class ModelPool:
             try:
                 for other in self._residents.values():
                     await other.plan()
-                for victim in self._residency.room.victims(resident, self._residents.values()):
-                    log.info("unloading idle model %s to make room for %s", victim.model_id, resident.model_id)
-                    victim.evictions += 1
-                    await self._unload(victim, "evicted")
+                await self._make_room(resident)
                 backend = resident.backend
                 log.info("loading model %s with %s", backend.spec.id, backend.name)
                 await backend.start()
@@ -341,20 +306,31 @@ class ModelPool:
             log.info("model %s loaded in %.2f s", resident.model_id, took)
             self._supervisor.watch(resident.model_id)
 
+    async def _make_room(self, resident: Resident) -> None:
+        """Unload the idle models that stand in the way (the caller holds the load lock)."""
+        while victims := self._residency.room.victims(resident, self._residents.values()):
+            for victim in victims:
+                if victim.in_use or victim.state != "loaded":
+                    break  # a request took it meanwhile: plan again
+                log.info("unloading idle model %s to make room for %s", victim.model_id, resident.model_id)
+                victim.evictions += 1
+                await self._unload(victim, "evicted")
+            else:
+                return
+
     async def _unload_if_idle(self, resident: Resident, reason: str) -> None:
         async with self._load_lock:
             if resident.state == "loaded" and resident.in_use == 0:
                 await self._unload(resident, reason)
 
     async def _unload(self, resident: Resident, reason: str) -> None:
-        """Unload (the caller holds the load lock and checked it is idle)."""
+        """Unload (the caller holds the load lock and checked it is idle). The state changes first,
+        so a request arriving meanwhile waits for a fresh load instead of using a stopping engine."""
+        resident.state = "available"
+        resident.unloads[reason] = resident.unloads.get(reason, 0) + 1
         await self._supervisor.unwatch(resident.model_id)
-        try:
-            await resident.backend.stop()
-        finally:
-            resident.state = "available"
-            resident.unloads[reason] = resident.unloads.get(reason, 0) + 1
-            log.info("model %s unloaded (%s)", resident.model_id, reason)
+        await resident.backend.stop()
+        log.info("model %s unloaded (%s)", resident.model_id, reason)
 
     async def _reap(self) -> None:
         while True:

@@ -1,6 +1,7 @@
 """Which models are in memory: each model's residency state, and the rule that makes room.
 
-A served model is ``available`` (known, not loaded), ``loading`` or ``loaded``. Room for a load is
+A served model is ``available`` (known, not loaded), ``loading`` or ``loaded``; each request
+holds its model through a ``Lease`` until its response is sent. Room for a load is
 made by unloading the least recently used *idle* loaded models (no request in flight) while the
 new one would exceed ``max_loaded_models`` or the memory budget; a busy model is never unloaded,
 so when only busy models stand in the way the load is refused, naming the numbers.
@@ -16,15 +17,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from backends.base import Backend
 from backends.errors import BackendUnavailable
 from backends.memplan import GiB, available_memory, gib
 
 State = Literal["available", "loading", "loaded"]
+T = TypeVar("T")
 
 
 class NoRoomToLoad(BackendUnavailable):
@@ -77,6 +79,38 @@ class Resident:
         if self.state != "loaded" or self.in_use or math.isinf(self.keep_alive):
             return None
         return max(0.0, self.last_used + self.keep_alive - now)
+
+
+class Lease:
+    """A request's hold on a loaded model; ``release`` (idempotent) lets it go idle again."""
+
+    def __init__(
+        self, resident: Resident, keep_alive: float | None, on_release: Callable[[Resident, float | None], None]
+    ) -> None:
+        self._resident = resident
+        self._keep_alive = keep_alive
+        self._on_release = on_release
+        self._released = False
+        self.backend = resident.backend
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._on_release(self._resident, self._keep_alive)
+
+    async def hold(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Pass ``items`` through, releasing the lease when they end (or the consumer leaves);
+        closing the wrapper closes ``items`` first, so their own clean-up runs now."""
+        try:
+            async for item in items:
+                yield item
+        finally:
+            try:
+                aclose = getattr(items, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                self.release()
 
 
 @dataclass(frozen=True, slots=True)
