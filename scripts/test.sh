@@ -22,6 +22,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; } \
     || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
 fi
+# tests/e2e/test_playground.py drives a real browser: Debian's chromium + chromium-driver, headless.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends chromium chromium-driver \
+    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium chromium-driver; } \
+    || echo "scripts/test.sh: could not install chromium; tests/e2e/test_playground.py will fail" >&2
+fi
 .venv/bin/ruff check server backends tests bench toolkit
 .venv/bin/ruff format --check server backends tests bench toolkit
 .venv/bin/mypy

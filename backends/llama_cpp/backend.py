@@ -79,16 +79,9 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        try:
-            layout = memplan.llama_layout(
-                self.spec.path,
-                n_ctx=self._opts.n_ctx,
-                parallel=self._opts.parallel,
-                cache_type_k=self._opts.cache_type_k,
-                cache_type_v=self._opts.cache_type_v,
-            )
-        except ConfigError:  # an unreadable header is left to llama.cpp, which reports it better
-            layout = None
+        # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
+        # loop keeps serving the other models' streams meanwhile.
+        layout = await asyncio.to_thread(self._layout)
         if layout is not None:
             memplan.guard_llama_cpp(
                 self.spec.id, layout, n_gpu_layers=self._opts.n_gpu_layers, device_free=None, device_place="the GPU"
@@ -112,6 +105,25 @@ class LlamaCppBackend(Backend):
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
         self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
+
+    def _layout(self) -> memplan.LlamaLayout | None:
+        """Where this model's weights and KV cache go; None when the GGUF header cannot be read
+        (left to llama.cpp, which reports it better)."""
+        opts = self._opts
+        try:
+            return memplan.llama_layout(
+                self.spec.path,
+                n_ctx=opts.n_ctx,
+                parallel=opts.parallel,
+                cache_type_k=opts.cache_type_k,
+                cache_type_v=opts.cache_type_v,
+            )
+        except ConfigError:
+            return None
+
+    def memory_plan(self) -> memplan.MemoryPlan | None:
+        layout = self._layout()
+        return None if layout is None else layout.host_plan(self._opts.n_gpu_layers)
 
     def _open_engine(self) -> LlamaEngine:
         from backends.llama_cpp.batched import BatchedEngine

@@ -12,11 +12,13 @@ import typer
 import uvicorn
 
 from backends.errors import QuantserveError
+from server.cli.models import register as register_model_commands
+from server.cli.models import serve_models
 from server.cli.quant import register as register_quant_commands
 from server.http.app import create_app
 from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.runtime.pool import ModelPool
-from server.settings import ModelConfig, Settings, load_settings
+from server.settings import Settings, load_settings
 
 log = logging.getLogger("quantserve")
 
@@ -24,6 +26,7 @@ app = typer.Typer(help="OpenAI-compatible server for quantized LLMs.", no_args_i
 models_app = typer.Typer(help="Manage the local models cache.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 register_quant_commands(app)
+register_model_commands(app)
 
 
 def _setup_logging(level: str, *, force: bool = False) -> None:
@@ -37,10 +40,13 @@ def _fail(exc: QuantserveError, code: int) -> typer.Exit:
 
 @app.command()
 def serve(
+    refs: Annotated[
+        list[str] | None, typer.Argument(help="Models to serve: paths, org/repo[:QUANT] or hf://org/repo/file.gguf.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file (see configs/).")] = None,
-    model: Annotated[Path | None, typer.Option(help="Serve this one model file/directory, no config needed.")] = None,
+    model: Annotated[str | None, typer.Option(help="Serve this one model (a path or a hub reference).")] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="Require this API key (repeatable).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
 ) -> None:
@@ -49,9 +55,9 @@ def serve(
     explicit: dict[str, object] = {"host": host, "port": port, "log_level": log_level}
     if api_key:
         explicit["api_keys"] = tuple(api_key)
-    if model is not None:
-        explicit["models"] = (ModelConfig(id=model.expanduser().name.removesuffix(".gguf"), path=model),)
     try:
+        if model is not None or refs:
+            explicit["models"] = serve_models([*([model] if model else []), *(refs or [])])
         settings = load_settings(config, **explicit)
         logging.getLogger().setLevel(settings.log_level.upper())
         pool = ModelPool.from_settings(settings)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from jsonschema import Draft202012Validator, SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.runtime.keep_alive import KeepAlive
+
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000
 
@@ -166,6 +168,8 @@ class _SamplingFields(StrictModel):
     n: int | None = Field(default=None, ge=1, le=128)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
+    # Ollama's: how long the model stays loaded after this request ("5m", seconds, 0, -1).
+    keep_alive: KeepAlive | None = None
 
     @field_validator("logit_bias")
     @classmethod

@@ -22,6 +22,7 @@ from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
 from server.runtime.observe import observe
 from server.runtime.pool import ModelPool
+from server.runtime.residency import Lease
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -38,7 +39,27 @@ async def _generate(
     metrics: Metrics,
     request_id: str,
 ) -> Response:
-    backend = pool.serving(body.model)  # 503 while the model's engine is down or restarting
+    # Loads the model first when it is not loaded; 503 while its engine is down or restarting.
+    lease = await pool.acquire(body.model, body.keep_alive)
+    handed_over = False
+    try:
+        response = await _respond(body, lease, pool, settings, metrics, request_id)
+        handed_over = isinstance(response, EventSourceResponse)
+        return response
+    finally:
+        if not handed_over:  # a stream releases the model when it ends
+            lease.release()
+
+
+async def _respond(
+    body: ChatCompletionRequest | CompletionRequest,
+    lease: Lease,
+    pool: ModelPool,
+    settings: Settings,
+    metrics: Metrics,
+    request_id: str,
+) -> Response:
+    backend = lease.backend
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
@@ -84,7 +105,7 @@ async def _generate(
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
-        sse_events(gens, states, shape, include_usage=include_usage, n=n),
+        lease.hold(sse_events(gens, states, shape, include_usage=include_usage, n=n)),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
