@@ -30,6 +30,7 @@ from backends.errors import (
     InvalidRequest,
     UnsupportedParameter,
 )
+from backends.llama_cpp import offload
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
 from backends.types import (
@@ -84,22 +85,9 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
+        n_gpu_layers = await self._offload()
         try:
-            layout = memplan.llama_layout(
-                self.spec.path,
-                n_ctx=self._opts.n_ctx,
-                parallel=self._opts.parallel,
-                cache_type_k=self._opts.cache_type_k,
-                cache_type_v=self._opts.cache_type_v,
-            )
-        except ConfigError:  # an unreadable header is left to llama.cpp, which reports it better
-            layout = None
-        if layout is not None:
-            memplan.guard_llama_cpp(
-                self.spec.id, layout, n_gpu_layers=self._opts.n_gpu_layers, device_free=None, device_place="the GPU"
-            )
-        try:
-            self._engine = await asyncio.to_thread(self._open_engine)
+            self._engine = await asyncio.to_thread(self._open_engine, n_gpu_layers)
         except BackendStartupError as exc:
             raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from exc
         except (ValueError, RuntimeError, OSError) as exc:
@@ -111,10 +99,46 @@ class LlamaCppBackend(Backend):
             self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
         else:
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
-        self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
 
-    def _open_engine(self) -> LlamaEngine:
+    async def _offload(self) -> int:
+        """Resolve ``n_gpu_layers`` and check that the plan fits host and device memory; ONE log line
+        says what was chosen and why. A GGUF whose header cannot be read is left to llama.cpp,
+        which reports it better."""
+        opts = self._opts
+        devices = await asyncio.to_thread(offload.query_devices)
+        try:
+            layout: memplan.LlamaLayout | None = memplan.llama_layout(
+                self.spec.path,
+                n_ctx=opts.n_ctx,
+                parallel=opts.parallel,
+                cache_type_k=opts.cache_type_k,
+                cache_type_v=opts.cache_type_v,
+            )
+        except ConfigError:
+            layout = None
+        choice = offload.resolve(opts.n_gpu_layers, devices, layout, self.spec.id)
+        self._device = devices.label if choice.n_gpu_layers else "cpu"
+        where = f" on {devices.names}" if choice.n_gpu_layers else ""
+        log.info(
+            "model %s: n_gpu_layers %s -> %d%s: %s",
+            self.spec.id,
+            opts.n_gpu_layers,
+            choice.n_gpu_layers,
+            where,
+            choice.reason,
+        )
+        if layout is not None:
+            memplan.guard_llama_cpp(
+                self.spec.id,
+                layout,
+                n_gpu_layers=choice.n_gpu_layers,
+                device_free=devices.free_bytes,
+                device_place=devices.place,
+            )
+        return choice.n_gpu_layers
+
+    def _open_engine(self, n_gpu_layers: int) -> LlamaEngine:
         from backends.llama_cpp.batched import BatchedEngine
 
         opts = self._opts
@@ -128,7 +152,7 @@ class LlamaCppBackend(Backend):
             parallel=opts.parallel,
             n_batch=opts.n_batch,
             n_threads=opts.n_threads,
-            n_gpu_layers=opts.n_gpu_layers,
+            n_gpu_layers=n_gpu_layers,
             flash_attn=opts.flash_attn,
             cache_type_k=opts.cache_type_k,
             cache_type_v=opts.cache_type_v,
