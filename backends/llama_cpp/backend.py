@@ -31,6 +31,7 @@ from backends.errors import (
     UnsupportedParameter,
 )
 from backends.formats import gguf_file_type_name
+from backends.llama_cpp import offload
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
 from backends.reasoning import split_chunk
@@ -66,6 +67,7 @@ class LlamaCppBackend(Backend):
         self._engine: LlamaEngine | None = None
         self._template: ChatTemplate | None = None
         self._device = "cpu"
+        self._n_gpu_layers = 0  # resolved from the option (``auto`` or a count) at each start
         self._embedder: Embedder | None = None  # built on the first /v1/embeddings request
 
     @classmethod
@@ -79,15 +81,9 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
-        # loop keeps serving the other models' streams meanwhile.
-        layout = await asyncio.to_thread(self._layout)
-        if layout is not None:
-            memplan.guard_llama_cpp(
-                self.spec.id, layout, n_gpu_layers=self._opts.n_gpu_layers, device_free=None, device_place="the GPU"
-            )
+        n_gpu_layers = await self._offload()
         try:
-            self._engine = await asyncio.to_thread(self._open_engine)
+            self._engine = await asyncio.to_thread(self._open_engine, n_gpu_layers)
         except BackendStartupError as exc:
             raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from exc
         except (ValueError, RuntimeError, OSError) as exc:
@@ -103,12 +99,41 @@ class LlamaCppBackend(Backend):
                 raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from None
         else:
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
-        self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
 
+    async def _offload(self) -> int:
+        """Resolve ``n_gpu_layers`` and check that the plan fits host and device memory; ONE log line
+        says what was chosen and why. A GGUF whose header cannot be read is left to llama.cpp,
+        which reports it better."""
+        opts = self._opts
+        devices = await asyncio.to_thread(offload.query_devices)
+        # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
+        # loop keeps serving the other models' streams meanwhile.
+        layout = await asyncio.to_thread(self._layout)
+        choice = offload.resolve(opts.n_gpu_layers, devices, layout, self.spec.id)
+        self._device = devices.label if choice.n_gpu_layers else "cpu"
+        where = f" on {devices.names}" if choice.n_gpu_layers else ""
+        log.info(
+            "model %s: n_gpu_layers %s -> %d%s: %s",
+            self.spec.id,
+            opts.n_gpu_layers,
+            choice.n_gpu_layers,
+            where,
+            choice.reason,
+        )
+        if layout is not None:
+            memplan.guard_llama_cpp(
+                self.spec.id,
+                layout,
+                n_gpu_layers=choice.n_gpu_layers,
+                device_free=devices.free_bytes,
+                device_place=devices.place,
+            )
+        self._n_gpu_layers = choice.n_gpu_layers
+        return choice.n_gpu_layers
+
     def _layout(self) -> memplan.LlamaLayout | None:
-        """Where this model's weights and KV cache go; None when the GGUF header cannot be read
-        (left to llama.cpp, which reports it better)."""
+        """Where this model's weights and KV cache go; None when the GGUF header cannot be read."""
         opts = self._opts
         try:
             return memplan.llama_layout(
@@ -122,10 +147,12 @@ class LlamaCppBackend(Backend):
             return None
 
     def memory_plan(self) -> memplan.MemoryPlan | None:
+        # Host memory, for the server's load budget. Before the first load, ``auto`` is counted as
+        # no offload: the budget errs on the side of refusing rather than over-committing.
         layout = self._layout()
-        return None if layout is None else layout.host_plan(self._opts.n_gpu_layers)
+        return None if layout is None else layout.host_plan(self._n_gpu_layers)
 
-    def _open_engine(self) -> LlamaEngine:
+    def _open_engine(self, n_gpu_layers: int) -> LlamaEngine:
         from backends.llama_cpp.batched import BatchedEngine
 
         opts = self._opts
@@ -139,7 +166,7 @@ class LlamaCppBackend(Backend):
             parallel=opts.parallel,
             n_batch=opts.n_batch,
             n_threads=opts.n_threads,
-            n_gpu_layers=opts.n_gpu_layers,
+            n_gpu_layers=n_gpu_layers,
             flash_attn=opts.flash_attn,
             cache_type_k=opts.cache_type_k,
             cache_type_v=opts.cache_type_v,
