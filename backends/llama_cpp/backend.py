@@ -124,7 +124,9 @@ class LlamaCppBackend(Backend):
         if opts.engine_process:
             from backends.llama_cpp.process_engine import ProcessEngine
 
-            return ProcessEngine(self.spec.path, engine_options, embedding_pooling=opts.embedding_pooling)
+            return ProcessEngine(
+                self.spec.path, engine_options, embedding_pooling=opts.embedding_pooling, label=self.spec.id
+            )
         from backends.llama_cpp.batched import BatchedEngine
 
         return BatchedEngine(self.spec.path, **engine_options)

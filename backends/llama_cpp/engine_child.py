@@ -1,6 +1,6 @@
 """The engine process: one model's ``BatchedEngine`` (and its embedding context) behind a pipe.
 
-Started by ``process_engine.ProcessEngine`` as ``python -m backends.llama_cpp.engine_child FD``, a
+Started by ``process_engine.ProcessEngine`` as ``python -m backends.llama_cpp.engine_child FD MODEL``, a
 fresh interpreter (never a fork: the server holds threads and, for a restart, a dead engine's
 state; and unlike multiprocessing's "spawn" it never re-imports the server's main module), with
 one end of a socket pair as FD. It reads its ``ChildConfig`` from it, loads the model, reports

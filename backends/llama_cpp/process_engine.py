@@ -63,12 +63,13 @@ class ProcessEngine:
     """Implements ``LlamaEngine``; construction blocks until the engine process has loaded the
     model (or raises the one-line reason it could not)."""
 
-    def __init__(self, model_path: Path, engine_options: dict[str, Any], *, embedding_pooling: str) -> None:
+    def __init__(self, model_path: Path, engine_options: dict[str, Any], *, embedding_pooling: str, label: str) -> None:
+        """``label`` (the model id) ends the engine process's command line, so ``ps`` tells engines apart."""
         parent_sock, child_sock = socket.socketpair()
         try:
             # stdout/stderr are the server's: the engine's log lines land in the server log.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "backends.llama_cpp.engine_child", str(child_sock.fileno())],
+                [sys.executable, "-m", "backends.llama_cpp.engine_child", str(child_sock.fileno()), label],
                 pass_fds=(child_sock.fileno(),),
                 env=_child_env(),
             )
