@@ -6,7 +6,7 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend, BackendOptions
@@ -32,7 +32,7 @@ from backends.errors import (
 )
 from backends.formats import gguf_file_type_name
 from backends.llama_cpp import offload
-from backends.llama_cpp.engine_api import LlamaEngine
+from backends.llama_cpp.engine_api import LlamaEngine, Vocab
 from backends.llama_cpp.options import LlamaCppOptions
 from backends.reasoning import split_chunk
 from backends.types import (
@@ -47,8 +47,9 @@ from backends.types import (
 )
 
 if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
+    from backends.llama_cpp.batched import BatchedEngine
     from backends.llama_cpp.embedding import Embedder
-    from backends.llama_cpp.native import NativeModel
+    from backends.llama_cpp.process_engine import ProcessEngine
     from backends.types import Message
 
 log = logging.getLogger(__name__)
@@ -153,26 +154,32 @@ class LlamaCppBackend(Backend):
         return None if layout is None else layout.host_plan(self._n_gpu_layers)
 
     def _open_engine(self, n_gpu_layers: int) -> LlamaEngine:
-        from backends.llama_cpp.batched import BatchedEngine
-
         opts = self._opts
         # llama-cpp-python prints every llama.cpp log line to stderr unless its logger says
         # otherwise; keep load chatter out of the server log unless we are debugging.
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        return BatchedEngine(
-            self.spec.path,
-            n_ctx=opts.n_ctx,
-            parallel=opts.parallel,
-            n_batch=opts.n_batch,
-            n_threads=opts.n_threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=opts.flash_attn,
-            cache_type_k=opts.cache_type_k,
-            cache_type_v=opts.cache_type_v,
-            max_queue=opts.max_queue,
-            prefix_cache=opts.prefix_cache,
-        )
+        engine_options: dict[str, Any] = {
+            "n_ctx": opts.n_ctx,
+            "parallel": opts.parallel,
+            "n_batch": opts.n_batch,
+            "n_threads": opts.n_threads,
+            "n_gpu_layers": n_gpu_layers,
+            "flash_attn": opts.flash_attn,
+            "cache_type_k": opts.cache_type_k,
+            "cache_type_v": opts.cache_type_v,
+            "max_queue": opts.max_queue,
+            "prefix_cache": opts.prefix_cache,
+        }
+        if opts.engine_process:
+            from backends.llama_cpp.process_engine import ProcessEngine
+
+            return ProcessEngine(
+                self.spec.path, engine_options, embedding_pooling=opts.embedding_pooling, label=self.spec.id
+            )
+        from backends.llama_cpp.batched import BatchedEngine
+
+        return BatchedEngine(self.spec.path, **engine_options)
 
     async def stop(self) -> None:
         engine, self._engine = self._engine, None
@@ -270,18 +277,24 @@ class LlamaCppBackend(Backend):
             yield split_chunk(splitter, chunk)
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
-    def _native_model(self) -> tuple[LlamaEngine, NativeModel]:
+    def _vocabulary(self) -> Vocab:
+        """Where tokens become text and back: the engine process's vocab-only copy, or the
+        in-process engine's own model."""
         from backends.llama_cpp.batched import BatchedEngine
+        from backends.llama_cpp.process_engine import ProcessEngine
 
         engine = self._require_engine()
-        if not isinstance(engine, BatchedEngine):
-            raise self._cannot("reach its native model")
-        return engine, engine.native
+        if isinstance(engine, ProcessEngine):
+            return engine.vocabulary
+        if isinstance(engine, BatchedEngine):
+            return engine.native
+        raise self._cannot("reach its vocabulary")
 
-    def _embedder_for(self, engine: LlamaEngine, native: NativeModel) -> Embedder:
+    def _embedder_for(self, engine: BatchedEngine) -> Embedder:
         from backends.llama_cpp.batched import _usable_cpus
         from backends.llama_cpp.embedding import EmbedConfig, Embedder, resolve_pooling
 
+        native = engine.native
         # A restarted engine has a new native model; the old embedder was closed with the old one.
         if self._embedder is None or self._embedder.native is not native:
             pooling = resolve_pooling(self._opts.embedding_pooling, engine.metadata)
@@ -290,21 +303,31 @@ class LlamaCppBackend(Backend):
         return self._embedder
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        engine, native = self._native_model()
-        embedder = self._embedder_for(engine, native)
-        check_dimensions(req.dimensions, embedder.size)
+        from backends.llama_cpp.batched import BatchedEngine
+        from backends.llama_cpp.process_engine import ProcessEngine
+
+        engine = self._require_engine()
+        vocab = self._vocabulary()
+        embedder: Embedder | ProcessEngine
+        if isinstance(engine, ProcessEngine):
+            embedder, size = engine, engine.embedding_size
+        else:
+            assert isinstance(engine, BatchedEngine)
+            embedder = self._embedder_for(engine)
+            size = embedder.size
+        check_dimensions(req.dimensions, size)
 
         def tokenize(text: str) -> list[int]:
-            return native.tokenize(text, add_special=True)  # BOS/EOS as the model's GGUF asks
+            return vocab.tokenize(text, add_special=True)  # BOS/EOS as the model's GGUF asks
 
         # Off the event loop: a batch of long texts takes a while to tokenize (thread-safe).
-        tokens = await asyncio.to_thread(input_tokens, req.inputs, tokenize, n_vocab=native.n_vocab)
+        tokens = await asyncio.to_thread(input_tokens, req.inputs, tokenize, n_vocab=vocab.n_vocab)
         check_input_lengths(tokens, n_ctx=engine.n_ctx, cap=req.max_input_tokens)
         vectors = await embedder.embed(tokens)
         return EmbeddingResult(tuple(vectors), sum(len(t) for t in tokens))
 
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResult:
-        _, native = self._native_model()
+        native = self._vocabulary()
         text = req.prompt if req.messages is None else self._render_for_tokenize(req, req.messages)
         assert text is not None
         tokens = await asyncio.to_thread(native.tokenize, text, add_special=req.add_special_tokens)
@@ -320,6 +343,6 @@ class LlamaCppBackend(Backend):
         return cut_after_final_message(rendered, messages[-1].content)
 
     async def detokenize(self, tokens: list[int]) -> str:
-        _, native = self._native_model()
+        native = self._vocabulary()
         check_token_ids(tokens, native.n_vocab)
         return await asyncio.to_thread(native.detokenize, tokens)

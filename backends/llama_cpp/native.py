@@ -17,9 +17,9 @@ from typing import Any
 
 import llama_cpp as lc
 
-from backends.checks import check_token_ids, check_unicode
 from backends.errors import BackendStartupError, BackendUnavailable, ConfigError
 from backends.llama_cpp.options import engine_option_problem
+from backends.llama_cpp.vocabulary import detokenize_with, token_text_of, tokenize_with
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +127,7 @@ class NativeModel:
 
     def token_text(self, token: int) -> str:
         """The vocabulary's text for a token (e.g. "<|im_start|>"); "" for no token (-1)."""
-        if token < 0:
-            return ""
-        raw = lc.llama_vocab_get_text(self.vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
+        return token_text_of(self.vocab, token)
 
     def fim_tokens(self) -> tuple[int, int, int] | None:
         ids = (
@@ -144,20 +141,11 @@ class NativeModel:
         return int(lc.llama_vocab_bos(self.vocab)), int(lc.llama_vocab_eos(self.vocab))
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        # Thread-safe: the vocabulary is read-only, so the event loop may tokenize while the
-        # engine thread decodes (llama-server does the same from its HTTP threads).
-        check_unicode(text, None)
-        data = text.encode("utf-8")
-        cap = len(data) + 8
+        # The event loop may tokenize while the engine thread decodes (see ``tokenize_with``).
         with self._close_lock:  # the vocabulary dies with the model: never tokenize during close()
             if self._closed:
                 raise BackendUnavailable("the llama.cpp engine is closed")
-            while True:
-                buf = (lc.llama_token * cap)()
-                n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
-                if n >= 0:
-                    return list(buf[:n])
-                cap = -n
+            return tokenize_with(self.vocab, text, add_special=add_special)
 
     def piece(self, token: int) -> tuple[bytes, bool]:
         """(bytes, is end-of-generation) for a sampled token; cached, so one ctypes call per id ever."""
@@ -225,20 +213,11 @@ class NativeModel:
         self._close_hooks.append(hook)
 
     def detokenize(self, tokens: list[int]) -> str:
-        """Text of ``tokens``, special tokens written out (as Hugging Face's ``decode`` does);
-        ids are checked against the vocabulary first, llama.cpp does not check them."""
-        check_token_ids(tokens, self.n_vocab)
-        ids = (lc.llama_token * max(1, len(tokens)))(*tokens)
-        cap = 8 * len(tokens) + 16
+        """Text of ``tokens``, special tokens written out (see ``detokenize_with``)."""
         with self._close_lock:
             if self._closed:
                 raise BackendUnavailable("the llama.cpp engine is closed")
-            while True:
-                buf = ctypes.create_string_buffer(cap)
-                n = lc.llama_detokenize(self.vocab, ids, len(tokens), buf, cap, False, True)
-                if n >= 0:
-                    return buf.raw[:n].decode("utf-8", errors="replace")
-                cap = -n
+            return detokenize_with(self.vocab, tokens, self.n_vocab)
 
 
 def _read_str(call: Any) -> str:

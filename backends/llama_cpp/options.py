@@ -62,6 +62,9 @@ class LlamaCppOptions(BackendOptions):
     chat_template: str | None = None  # overrides the GGUF's tokenizer.chat_template
     # /v1/embeddings pooling: "model" = what the GGUF declares (embedding models do), else mean.
     embedding_pooling: Literal["model", "mean", "cls", "last"] = "model"
+    # Run the engine in its own process, so a native crash costs this model a restart, not the
+    # server. false: in the server's process (a crash there ends every model).
+    engine_process: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> LlamaCppOptions:

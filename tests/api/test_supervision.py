@@ -38,10 +38,10 @@ def fake_body(**fields: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def serve(
-    model_path: Path, settings: Settings, fake: CrashingBackend
+    model_path: Path, settings: Settings, fake: CrashingBackend, options: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, ModelPool]]:
     """One app serving the real GGUF model and the fake, supervised by POLICY."""
-    spec = ModelSpec(MODEL, model_path, ModelFormat.GGUF, options={"n_ctx": 512, "parallel": 2})
+    spec = ModelSpec(MODEL, model_path, ModelFormat.GGUF, options=options or {"n_ctx": 512, "parallel": 2})
     pool = ModelPool({MODEL: create_backend(spec, detect_device()), FAKE: fake}, policy=POLICY)
     await pool.start_all()
     app = create_app(settings, pool)
@@ -148,7 +148,10 @@ async def test_a_crashed_llama_cpp_engine_reports_why_and_is_restarted(
     model_path: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="server.runtime.supervisor")
-    async with serve(model_path, make_settings(), CrashingBackend(FAKE)) as (client, pool):
+    # The in-process engine, whose thread can be broken from here; a native crash of the engine
+    # process (the default) is tested with real signals in tests/e2e/test_engine_crash.py.
+    in_process = {"n_ctx": 512, "parallel": 2, "engine_process": False}
+    async with serve(model_path, make_settings(), CrashingBackend(FAKE), in_process) as (client, pool):
         backend = pool.get(MODEL)
         engine = backend._engine  # type: ignore[attr-defined]
 

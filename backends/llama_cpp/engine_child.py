@@ -1,0 +1,179 @@
+"""The engine process: one model's ``BatchedEngine`` (and its embedding context) behind a pipe.
+
+Started by ``process_engine.ProcessEngine`` as ``python -m backends.llama_cpp.engine_child FD MODEL``, a
+fresh interpreter (never a fork: the server holds threads and, for a restart, a dead engine's
+state; and unlike multiprocessing's "spawn" it never re-imports the server's main module), with
+one end of a socket pair as FD. It reads its ``ChildConfig`` from it, loads the model, reports
+``("ready", facts)`` or ``("failed", why)`` in one message, then serves requests over the pipe
+(``engine_wire`` lists the messages) until told to close or the server goes away.
+
+Requests run through the engine's public API on this process's event loop, one task each. The
+engine thread hands every step's chunks to this loop in one call, which wakes those tasks in one
+loop iteration; each task's chunk goes to an outbox that one callback, scheduled behind them,
+sends as ONE message. So a step of N sequences costs one pickle and one write, not N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from backends.llama_cpp.engine_wire import ChildConfig, EngineFacts, Failure, Item
+
+log = logging.getLogger(__name__)
+
+
+def main(fd: int) -> None:
+    """Ctrl-C reaches the whole process group: the server decides when we stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        config = conn.recv()
+    except EOFError:
+        return  # the server gave up on us before we started
+    assert isinstance(config, ChildConfig)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s [engine] %(name)s: %(message)s")
+    if config.log_level > logging.DEBUG:
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    try:
+        engine, embedder = _load(config)
+    except BaseException as exc:
+        conn.send(("failed", Failure.of(exc)))
+        return
+    try:
+        conn.send(("ready", _facts(engine, embedder.size)))
+        asyncio.run(_Serve(conn, engine, embedder).run())
+    finally:
+        engine.close()
+        conn.close()
+
+
+def _load(config: ChildConfig) -> tuple[Any, Any]:
+    from backends.llama_cpp.batched import BatchedEngine, _usable_cpus
+    from backends.llama_cpp.embedding import EmbedConfig, Embedder, resolve_pooling
+
+    engine = BatchedEngine(config.model_path, **config.engine)
+    try:
+        pooling = resolve_pooling(config.embedding_pooling, engine.metadata)
+        threads = config.engine.get("n_threads") or _usable_cpus()
+        # Its context is built on the first embedding request, so generation-only use pays nothing.
+        cfg = EmbedConfig(engine.n_ctx, threads, bool(config.engine.get("flash_attn")), pooling)
+        return engine, Embedder(engine.native, cfg)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def _facts(engine: Any, embedding_size: int) -> EngineFacts:
+    return EngineFacts(
+        n_ctx=engine.n_ctx,
+        metadata=dict(engine.metadata),
+        bos_text=engine.bos_text,
+        eos_text=engine.eos_text,
+        fim_tokens=engine.fim_tokens,
+        embedding_size=embedding_size,
+    )
+
+
+class _Serve:
+    def __init__(self, conn: Connection, engine: Any, embedder: Any) -> None:
+        self._conn = conn
+        self._engine = engine
+        self._embedder = embedder
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._outbox: list[tuple[int, Item]] = []
+        self._flush_pending = False
+        self._stop = asyncio.Event()
+        self._last_stats: Any = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._conn.fileno(), self._on_readable)
+        watcher = asyncio.create_task(self._watch_stats())
+        try:
+            await self._stop.wait()
+        finally:
+            loop.remove_reader(self._conn.fileno())
+            watcher.cancel()
+            for task in list(self._tasks.values()):
+                task.cancel()
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                self._handle(self._conn.recv())
+        except (EOFError, OSError):  # the server is gone: nobody to serve, stop computing
+            self._stop.set()
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "generate":
+            rid = msg[1]
+            self._tasks[rid] = asyncio.create_task(self._generate(*msg[1:]))
+        elif kind == "embed":
+            rid = msg[1]
+            self._tasks[rid] = asyncio.create_task(self._embed(rid, msg[2]))
+        elif kind == "cancel":
+            task = self._tasks.pop(msg[1], None)
+            if task is not None:
+                task.cancel()  # the engine's generator frees the slot and its KV cells next step
+        elif kind == "close":
+            self._stop.set()
+        else:
+            log.error("unknown message %r from the server", kind)
+
+    async def _generate(self, rid: int, request_id: str, prompt: list[int], *args: Any) -> None:
+        sampling, constraint, queue_timeout_s = args
+        try:
+            stream = self._engine.generate(request_id, prompt, sampling, constraint, queue_timeout_s=queue_timeout_s)
+            async for chunk in stream:
+                self._emit(rid, chunk)
+        except Exception as exc:
+            self._emit(rid, Failure.of(exc))
+        finally:
+            self._tasks.pop(rid, None)
+
+    async def _embed(self, rid: int, inputs: list[list[int]]) -> None:
+        try:
+            self._emit(rid, await self._embedder.embed(inputs))
+        except Exception as exc:
+            self._emit(rid, Failure.of(exc))
+        finally:
+            self._tasks.pop(rid, None)
+
+    def _emit(self, rid: int, item: Item) -> None:
+        self._outbox.append((rid, item))
+        if not self._flush_pending:
+            # Behind every task this step's hand-off woke: they all add to this one message.
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        items, self._outbox, self._flush_pending = self._outbox, [], False
+        self._send(items)
+
+    def _send(self, items: list[tuple[int, Item]]) -> None:
+        stats = self._engine.stats()
+        self._last_stats = stats
+        try:
+            self._conn.send(("step", items, stats))
+        except OSError:  # the server is gone
+            self._stop.set()
+
+    async def _watch_stats(self) -> None:
+        # Stats ride on every step message; this catches the changes no chunk carries (a request
+        # leaving the queue for a slot, the last one finishing), so /metrics is never stale long.
+        while True:
+            await asyncio.sleep(0.25)
+            with contextlib.suppress(Exception):
+                if self._engine.stats() != self._last_stats:
+                    self._send([])
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

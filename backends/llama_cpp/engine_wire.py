@@ -1,0 +1,139 @@
+"""What crosses the pipe between the server and a llama.cpp engine process.
+
+Every message is one pickled object (``multiprocessing.connection.Connection`` framing):
+
+- server -> engine: first a ``ChildConfig``; then ``("generate", rid, request_id, prompt_tokens, sampling, constraint,
+  queue_timeout_s)``, ``("embed", rid, inputs)``, ``("cancel", rid)``, ``("close",)``.
+- engine -> server: first ``("ready", EngineFacts)`` or ``("failed", Failure)``; then
+  ``("step", [(rid, item), ...], EngineStats)``: ONE message per engine step carrying every
+  request's new item (a ``GenerationChunk``, a ``Failure``, or an embedding result), never one
+  per token.
+
+``rid`` numbers a request on this pipe; the client's request id travels once, for the logs.
+Errors cross as ``Failure`` rather than pickled exceptions: pickling rebuilds an exception from
+its ``args`` alone, which would drop ``param`` and ``retry_after`` (the 400's field, the 429's
+Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends import errors
+from backends.types import GenerationChunk
+
+Vectors = list[tuple[float, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An exception as data: its class name (one of ``backends.errors``), message and extras."""
+
+    kind: str
+    message: str
+    param: str | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        if isinstance(exc, errors.QuantserveError):
+            retry = exc.retry_after if isinstance(exc, errors.Overloaded) else None
+            return cls(type(exc).__name__, exc.message, exc.param, retry)
+        # Anything else is llama.cpp or a bug: keep its type name in the text, as a log would.
+        return cls("RuntimeError", f"{type(exc).__name__}: {exc}")
+
+    def exception(self) -> Exception:
+        cls = getattr(errors, self.kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.QuantserveError)):
+            return RuntimeError(self.message)
+        if issubclass(cls, errors.Overloaded):
+            return cls(self.message, retry_after=self.retry_after or 1.0)
+        return cls(self.message, param=self.param)
+
+
+Item = GenerationChunk | Vectors | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    """The first message, server -> engine: what to load and how."""
+
+    model_path: Path
+    engine: dict[str, Any]  # BatchedEngine's keyword arguments
+    embedding_pooling: str
+    log_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFacts:
+    """What the server needs to know about a loaded engine, sent once by the engine process."""
+
+    n_ctx: int
+    metadata: Mapping[str, str]
+    bos_text: str
+    eos_text: str
+    fim_tokens: tuple[int, int, int] | None
+    embedding_size: int
+
+
+class Demux:
+    """Routes each step's items to the per-request asyncio queues they belong to.
+
+    ``dispatch`` runs on the thread that reads the pipe: it makes one thread-safe hand-off per
+    event loop per step (as the in-process engine does), and the loop puts every item in its
+    request's queue.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+        self._open: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Item]]] = {}
+        self._failure: Failure | None = None
+
+    def open(self) -> tuple[int, asyncio.Queue[Item]]:
+        """A new request id and its queue, on the running loop; refused once the engine is gone."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure.exception()
+            self._next += 1
+            self._open[self._next] = (loop, queue)
+            return self._next, queue
+
+    def close(self, rid: int) -> None:
+        with self._lock:
+            self._open.pop(rid, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def dispatch(self, items: Iterable[tuple[int, Item]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
+        with self._lock:
+            for rid, item in items:
+                target = self._open.get(rid)
+                if target is not None:  # else the request was closed meanwhile: nobody reads it
+                    by_loop.setdefault(target[0], []).append((target[1], item))
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody will read these
+                loop.call_soon_threadsafe(_put_all, group)
+
+    def fail_all(self, failure: Failure) -> None:
+        """The engine is gone: every open request gets ``failure``, and so does every new one."""
+        with self._lock:
+            self._failure = failure
+            rids = list(self._open)
+        self.dispatch((rid, failure) for rid in rids)
+
+
+def _put_all(group: list[tuple[asyncio.Queue[Item], Item]]) -> None:
+    for queue, item in group:
+        queue.put_nowait(item)

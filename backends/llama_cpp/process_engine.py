@@ -1,0 +1,264 @@
+"""A llama.cpp engine in its own process: the server-side half, implementing ``LlamaEngine``.
+
+A native crash (segfault, abort, out-of-memory kill) in llama.cpp ends the engine process, not
+the server: the pipe reads EOF, every open stream of this model gets ``BackendUnavailable`` (the
+streaming code sends it as an in-stream error), ``alive`` turns False with the signal as the
+``failure``, and the supervisor restarts the model while the other models keep serving.
+
+The server keeps a vocab-only copy of the model (``vocabulary.Vocabulary``): tokenizing,
+detokenizing and naming tokens are synchronous calls on the request path, and a round trip to
+the engine process for each would put the engine's busy event loop in front of every request.
+Generation and embeddings go to the engine process (``engine_child``) over one pipe; its replies
+come back one message per engine step and a reader thread hands them to the requests' queues
+(``engine_wire.Demux``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncGenerator, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from backends.errors import BackendStartupError, BackendUnavailable
+from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Vectors
+from backends.llama_cpp.vocabulary import Vocabulary
+from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
+
+log = logging.getLogger(__name__)
+
+# A clean close frees the model and exits at once; past this the process is killed.
+CLOSE_TIMEOUT_S = 30.0
+
+
+def exit_description(exitcode: int | None) -> str:
+    """How a process ended, for health checks: "killed by SIGSEGV", "exited with status 1"."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with the directory this ``backends`` package came from first on the
+    child's import path: it must run the same code as the server, wherever that was started."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+
+
+class ProcessEngine:
+    """Implements ``LlamaEngine``; construction blocks until the engine process has loaded the
+    model (or raises the one-line reason it could not)."""
+
+    def __init__(self, model_path: Path, engine_options: dict[str, Any], *, embedding_pooling: str, label: str) -> None:
+        """``label`` (the model id) ends the engine process's command line, so ``ps`` tells engines apart."""
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            # stdout/stderr are the server's: the engine's log lines land in the server log.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "backends.llama_cpp.engine_child", str(child_sock.fileno()), label],
+                pass_fds=(child_sock.fileno(),),
+                env=_child_env(),
+            )
+        finally:
+            child_sock.close()  # the child's copy is now the only one: its death is our EOF
+        self._conn = Connection(parent_sock.detach())
+        config = ChildConfig(model_path, engine_options, embedding_pooling, logging.getLogger().getEffectiveLevel())
+        self._conn.send(config)
+        self._failure: str | None = None
+        self._closed = False
+        self._send_lock = threading.Lock()
+        self._stats = EngineStats()
+        self._streams = Demux()
+        try:
+            self._vocab = Vocabulary(model_path)  # meanwhile the engine process loads the weights
+            self._facts = self._await_ready(model_path)
+        except BaseException:
+            self._conn.close()  # a child still loading then fails its "ready" send and exits
+            self._end_process()
+            raise
+        self._reader = threading.Thread(target=self._read, name=f"llama-pipe-{model_path.name}", daemon=True)
+        self._reader.start()
+        log.info("llama.cpp engine process %d serves %s", self.pid, model_path.name)
+
+    def _await_ready(self, model_path: Path) -> EngineFacts:
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            how = exit_description(self._wait(5))
+            raise BackendStartupError(f"the engine process died while loading {model_path.name} ({how})") from None
+        if kind == "failed":
+            assert isinstance(payload, Failure)
+            raise payload.exception()
+        assert kind == "ready" and isinstance(payload, EngineFacts)
+        return payload
+
+    @property
+    def pid(self) -> int:
+        """The engine process's id (tests signal it to simulate a native crash)."""
+        return self._proc.pid
+
+    # ---- LlamaEngine ----
+    @property
+    def n_ctx(self) -> int:
+        return self._facts.n_ctx
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self._facts.metadata
+
+    @property
+    def bos_text(self) -> str:
+        return self._facts.bos_text
+
+    @property
+    def eos_text(self) -> str:
+        return self._facts.eos_text
+
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        return self._facts.fim_tokens
+
+    @property
+    def n_vocab(self) -> int:
+        return self._vocab.n_vocab
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._vocab
+
+    @property
+    def embedding_size(self) -> int:
+        return self._facts.embedding_size
+
+    @property
+    def alive(self) -> bool:
+        return self._failure is None and not self._closed and self._reader.is_alive()
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return self._vocab.tokenize(text, add_special=add_special)
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        sampling: SamplingParams,
+        constraint: Constraint | None = None,
+        *,
+        queue_timeout_s: float | None = None,
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        rid, queue = self._streams.open()
+        done = False
+        try:
+            self._send(("generate", rid, request_id, list(prompt_tokens), sampling, constraint, queue_timeout_s))
+            while True:
+                item = await queue.get()
+                if isinstance(item, Failure):
+                    done = True
+                    raise item.exception()
+                assert isinstance(item, GenerationChunk)
+                done = item.finish_reason is not None
+                yield item
+                if done:
+                    return
+        finally:
+            self._streams.close(rid)
+            if not done:
+                self._cancel(rid)
+
+    async def embed(self, inputs: list[list[int]]) -> Vectors:
+        """One unit-length vector per input, computed by the engine process's embedding context."""
+        rid, queue = self._streams.open()
+        done = False
+        try:
+            self._send(("embed", rid, inputs))
+            item = await queue.get()
+            done = True
+        finally:
+            self._streams.close(rid)
+            if not done:
+                self._cancel(rid)
+        if isinstance(item, Failure):
+            raise item.exception()
+        assert isinstance(item, list)
+        return item
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def close(self) -> None:
+        """Stop the engine process (open requests fail with BackendUnavailable) and free the vocabulary."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(BackendUnavailable):  # already gone
+            self._send(("close",))
+        self._end_process()
+        self._reader.join(5)  # it reads the pipe's EOF now that the process has exited
+        self._conn.close()
+        self._vocab.close()
+
+    # ---- the pipe ----
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except (OSError, ValueError):  # broken pipe, or closed by close()
+            raise BackendUnavailable(f"the llama.cpp engine process is gone ({self._failure or 'closed'})") from None
+
+    def _cancel(self, rid: int) -> None:
+        with contextlib.suppress(BackendUnavailable):  # nothing left to cancel
+            self._send(("cancel", rid))
+
+    def _read(self) -> None:
+        """Reader thread: demultiplex step messages until the pipe ends (close, or a crash)."""
+        try:
+            while True:
+                kind, items, stats = self._conn.recv()
+                if kind == "step":
+                    self._stats = stats
+                    if items:
+                        self._streams.dispatch(items)
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            log.exception("engine pipe: unreadable message; treating the engine process as dead")
+        how = exit_description(self._wait(5))
+        if self._closed:
+            message = "the llama.cpp engine stopped"
+        else:
+            self._failure = f"the engine process {how}"
+            message = f"the llama.cpp engine process {how}"
+            log.error("llama.cpp engine process %d %s; failing its %d open requests", self.pid, how, len(self._streams))
+        self._stats = EngineStats()
+        self._streams.fail_all(Failure.of(BackendUnavailable(message)))
+
+    def _wait(self, timeout_s: float) -> int | None:
+        """The engine process's exit code (negative: the signal that killed it), None if it runs on."""
+        try:
+            return self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _end_process(self) -> None:
+        if self._wait(CLOSE_TIMEOUT_S) is None:
+            log.warning("llama.cpp engine process %d did not stop in %g s; killing it", self.pid, CLOSE_TIMEOUT_S)
+            self._proc.kill()
+            self._proc.wait()

@@ -1,0 +1,85 @@
+"""The engine pipe's wire format and the demultiplexing of step messages to request queues."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import signal
+import threading
+
+import pytest
+
+from backends.errors import BackendUnavailable, InvalidRequest, Overloaded, QueueTimeout
+from backends.llama_cpp.engine_wire import Demux, Failure, Item
+from backends.llama_cpp.process_engine import exit_description
+from backends.types import GenerationChunk, Usage
+
+
+def cross(exc: BaseException) -> Exception:
+    """What the server raises for ``exc`` raised in the engine process: pickled across the pipe."""
+    failure = pickle.loads(pickle.dumps(Failure.of(exc)))
+    assert isinstance(failure, Failure)
+    return failure.exception()
+
+
+def test_errors_keep_their_type_and_extras_across_the_pipe() -> None:
+    full = cross(Overloaded("all 2 slots are busy", retry_after=7.0))
+    assert type(full) is Overloaded and full.retry_after == 7.0 and str(full) == "all 2 slots are busy"
+    timeout = cross(QueueTimeout("waited 1 s", retry_after=3.0))
+    assert type(timeout) is QueueTimeout and timeout.retry_after == 3.0
+    bad = cross(InvalidRequest("the grammar does not compile", param="response_format"))
+    assert type(bad) is InvalidRequest and bad.param == "response_format"
+    assert type(cross(BackendUnavailable("gone"))) is BackendUnavailable
+
+
+def test_a_foreign_exception_becomes_a_runtime_error_naming_its_type() -> None:
+    err = cross(ZeroDivisionError("division by zero"))
+    assert type(err) is RuntimeError and str(err) == "ZeroDivisionError: division by zero"
+    # A class name that is not one of ours is never looked up as one.
+    assert type(Failure("Exception", "x").exception()) is RuntimeError
+
+
+def chunk(text: str) -> GenerationChunk:
+    return GenerationChunk(text, 1)
+
+
+async def drain(queue: asyncio.Queue[Item]) -> list[Item]:
+    await asyncio.sleep(0.05)  # let the loop run the hand-off
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
+async def test_one_step_message_reaches_each_request_in_order() -> None:
+    demux = Demux()
+    a, qa = demux.open()
+    b, qb = demux.open()
+    gone, _ = demux.open()
+    demux.close(gone)
+    final = GenerationChunk("", 0, "stop", Usage(3, 2))
+    step = [(a, chunk("x")), (b, chunk("y")), (gone, chunk("lost")), (99, chunk("unknown")), (a, final)]
+    # From another thread, as the pipe reader does.
+    thread = threading.Thread(target=demux.dispatch, args=(step,))
+    thread.start()
+    thread.join()
+    assert await drain(qa) == [chunk("x"), final]
+    assert await drain(qb) == [chunk("y")]
+
+
+async def test_a_dead_engine_fails_open_requests_and_refuses_new_ones() -> None:
+    demux = Demux()
+    rid, queue = demux.open()
+    failure = Failure.of(BackendUnavailable("the llama.cpp engine process killed by SIGSEGV"))
+    demux.fail_all(failure)
+    assert await drain(queue) == [failure]
+    with pytest.raises(BackendUnavailable, match="SIGSEGV"):
+        demux.open()
+    assert rid == 1 and len(demux) == 1  # the open request is still the caller's to close
+
+
+def test_exit_description_names_the_signal() -> None:
+    assert exit_description(-signal.SIGSEGV) == "killed by SIGSEGV"
+    assert exit_description(-signal.SIGKILL) == "killed by SIGKILL"
+    assert exit_description(1) == "exited with status 1"
+    assert exit_description(None) == "still running"
