@@ -54,7 +54,7 @@ async def test_calls_in_the_familys_syntax_come_back_as_tool_calls(
     async with app_client(make_settings({"n_ctx": 1024, "chat_template": template})) as client:
         app = client._transport.app  # type: ignore[attr-defined]
         assert app.state.pool.get("smollm2-135m-instruct").call_format().name == family
-        body = chat_body(messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=60)
+        body = chat_body(messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=200)
         resp = await client.post("/v1/chat/completions", json=body)
         assert resp.status_code == 200, resp.text
         choice = resp.json()["choices"][0]
