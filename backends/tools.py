@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.types import Message, ToolCall, ToolDef
+from backends.errors import InvalidRequest
+from backends.types import Message, ToolCall, ToolCallConstraint, ToolDef
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -36,6 +37,34 @@ def openai_tools(tools: Sequence[ToolDef]) -> list[dict[str, Any]]:
         }
         for t in tools
     ]
+
+
+def choose_tools(
+    defs: Sequence[ToolDef], choice: str | None, *, parallel: bool = True, param: str = "tool_choice"
+) -> tuple[tuple[ToolDef, ...], ToolCallConstraint | None]:
+    """The tools the prompt shows and the output constraint, for every API's tool choice.
+
+    ``choice``: "none" (the model will not call, so it need not see the tools), "auto" or None
+    (it may), "required" (it must call one), or any other text: the name of the one function it
+    must call. Each API maps its own spelling (Anthropic's "any", a named object) onto these.
+    """
+    names = [d.name for d in defs]
+    if not defs:
+        if choice is not None and choice != "none":
+            raise InvalidRequest("tool_choice is only allowed when tools are given.", param=param)
+        return (), None
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools must have distinct function names.", param="tools")
+    if choice == "none":
+        return (), None
+    if choice in (None, "auto", "required"):
+        return tuple(defs), ToolCallConstraint(tuple(defs), required=choice == "required", parallel=parallel)
+    chosen = tuple(d for d in defs if d.name == choice)
+    if not chosen:
+        raise InvalidRequest(
+            f"tool_choice names function {choice!r}, which is not among the tools ({', '.join(names)}).", param=param
+        )
+    return tuple(defs), ToolCallConstraint(chosen, required=True, parallel=False)
 
 
 def call_schema(tools: Sequence[ToolDef]) -> dict[str, Any]:

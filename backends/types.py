@@ -171,6 +171,8 @@ class GenerationChunk:
     queue_s: float | None = None
     # One entry per sampled token of this chunk when the request asked for logprobs.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # On the last chunk of a stream ended by a stop string: which one (Anthropic reports it).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -399,7 +399,7 @@ class VllmBackend(Backend):
         if req.messages is not None:
             text = self._render_chat(
                 req.messages,
-                (),
+                req.tools,
                 add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
                 continue_final_message=req.continue_final_message,
             )

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.tools import ToolCallParser
-from backends.types import GenerationChunk, TokenLogprob, ToolCall, Usage
+from backends.types import GenerationChunk, GenerationRequest, TokenLogprob, ToolCall, Usage
+
+
+def callable_tools(req: GenerationRequest) -> frozenset[str]:
+    """Names of the functions the output may call: parsed back out only when the output is
+    constrained to calls (a tool shown with tool_choice "none" is never parsed as one)."""
+    return frozenset(t.name for t in req.tools) if req.constraint is not None else frozenset()
 
 
 @dataclass(slots=True)

@@ -6,20 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
 from backends.errors import InvalidRequest
 from backends.types import GenerationRequest
 from server.http.deps import RequestId, get_pool, get_settings
-from server.openai.choices import ChoiceState
+from server.http.sse import sse_response
+from server.openai.choices import ChoiceState, callable_tools
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
 from server.openai.responses import ResponseRenderer
 from server.openai.streaming import fold, sse_events, start_all
 from server.openai.translate import chat_request, choices, completion_requests
-from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
-from server.runtime.observe import observe
+from server.runtime.observe import generation
 from server.runtime.pool import ModelPool
 from server.settings import Settings
 
@@ -59,27 +58,16 @@ async def _generate(
     shape = ResponseRenderer(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
     # Choice index = prompt * n + j, as OpenAI numbers them. Each choice is its own engine request
-    # (batched together by the engine). The deadline sits inside observe, so a timeout is counted
-    # like any other failure.
+    # (batched together by the engine).
     streams = [
-        observe(metrics, backend, endpoint, with_deadline(backend.generate(r), limits.request_timeout_s))
-        for req in reqs
-        for r in choices(req, n)
+        generation(metrics, backend, endpoint, r, limits.request_timeout_s) for req in reqs for r in choices(req, n)
     ]
     gens = await start_all(streams)
-    tool_names = frozenset(t.name for t in reqs[0].tools) if reqs[0].constraint is not None else frozenset()
-    states = [ChoiceState(i, tool_names, prefixes[i // n]) for i in range(len(gens))]
+    states = [ChoiceState(i, callable_tools(reqs[0]), prefixes[i // n]) for i in range(len(gens))]
     if not body.stream:
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return EventSourceResponse(
-        sse_events(gens, states, shape, include_usage=include_usage, n=n),
-        ping=int(max(1, settings.sse_ping_seconds)),
-        sep="\n",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        # On shutdown, sse-starlette would cut streams at once; let them finish within the grace.
-        shutdown_grace_period=settings.shutdown_grace_s,
-    )
+    return sse_response(sse_events(gens, states, shape, include_usage=include_usage, n=n), settings)
 
 
 async def _echo(backend: Backend, req: GenerationRequest) -> str:
