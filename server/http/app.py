@@ -13,7 +13,8 @@ from server.anthropic.errors import anthropic_shape
 from server.http.auth import ApiKeyMiddleware
 from server.http.errors import install_error_handlers
 from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
-from server.routes import completions, embeddings, health, messages, metrics, models, tokenize
+from server.responses_api.store import ResponseStore
+from server.routes import completions, embeddings, health, messages, metrics, models, responses, tokenize
 from server.runtime.metrics import Metrics
 from server.runtime.pool import ModelPool
 from server.settings import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         return getattr(app.state, "pool", None) or ()
 
     app.state.metrics = Metrics(served)
+    app.state.responses = ResponseStore(settings.responses_store_entries, settings.responses_store_bytes)
     # Anthropic's clients read errors in Anthropic's shape on its routes; every other path is OpenAI's.
     install_error_handlers(app, shapes=((messages.PREFIX, anthropic_shape),))
     # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
@@ -58,6 +60,6 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Api-Key", "Anthropic-Version"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    for routes in (health, completions, messages, models, embeddings, tokenize, metrics):
+    for routes in (health, completions, messages, responses, models, embeddings, tokenize, metrics):
         app.include_router(routes.router)
     return app
