@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.errors import InvalidRequest
-from backends.types import Message, ToolCall, ToolCallConstraint, ToolDef
+from backends.errors import InvalidRequest, UnsupportedParameter
+from backends.types import Constraint, JsonConstraint, Message, ToolCall, ToolCallConstraint, ToolDef
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -65,6 +65,27 @@ def choose_tools(
             f"tool_choice names function {choice!r}, which is not among the tools ({', '.join(names)}).", param=param
         )
     return tuple(defs), ToolCallConstraint(chosen, required=True, parallel=False)
+
+
+def tools_or_format(
+    defs: Sequence[ToolDef],
+    choice: str | None,
+    json: JsonConstraint | None,
+    *,
+    parallel: bool = True,
+    format_param: str = "response_format",
+) -> tuple[tuple[ToolDef, ...], Constraint | None]:
+    """``choose_tools`` plus a JSON output format (``format_param`` is where the API puts it): one
+    constraint at a time, so a format and tools that may be called exclude each other."""
+    tools, constraint = choose_tools(defs, choice, parallel=parallel)
+    if constraint is None:
+        return tools, json
+    if json is not None:
+        raise UnsupportedParameter(
+            f"{format_param} cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
+            param=format_param,
+        )
+    return tools, constraint
 
 
 def call_schema(tools: Sequence[ToolDef]) -> dict[str, Any]:

@@ -6,15 +6,13 @@ import json
 
 from backends.embeddings import TokenizeRequest
 from backends.errors import InvalidRequest, UnsupportedParameter
-from backends.tools import choose_tools
+from backends.tools import choose_tools, tools_or_format
 from backends.types import (
-    Constraint,
     GenerationRequest,
     JsonConstraint,
     Message,
     SamplingParams,
     ToolCall,
-    ToolCallConstraint,
     ToolDef,
 )
 from server.anthropic.protocol import (
@@ -82,18 +80,18 @@ def _turn(msg: InputMessage, param: str) -> list[Message]:
     return [*results, Message("user", text)] if text or not results else results
 
 
-def tools_and_constraint(req: CountTokensRequest) -> tuple[tuple[ToolDef, ...], ToolCallConstraint | None]:
-    """Anthropic's tool_choice on the shared rules: auto, any (= must call), tool (that one), none."""
+def _tool_choice(req: CountTokensRequest) -> tuple[tuple[ToolDef, ...], str | None, bool]:
+    """Anthropic's tool_choice in the shared terms: auto, any (= required), tool (that name), none."""
     defs = tuple(ToolDef(t.name, t.description or "", t.input_schema) for t in req.tools or ())
     choice = req.tool_choice
     if choice is None:
-        return choose_tools(defs, None)
+        return defs, None, True
     if isinstance(choice, ToolChoiceNone):
-        return choose_tools(defs, "none")
-    parallel = not choice.disable_parallel_tool_use
+        return defs, "none", True
     if isinstance(choice, ToolChoiceTool):
-        return choose_tools(defs, choice.name)
-    return choose_tools(defs, "required" if isinstance(choice, ToolChoiceAny) else "auto", parallel=parallel)
+        return defs, choice.name, False
+    name = "required" if isinstance(choice, ToolChoiceAny) else "auto"
+    return defs, name, not choice.disable_parallel_tool_use
 
 
 def messages_request(
@@ -103,21 +101,15 @@ def messages_request(
     max_messages: int | None = None,
 ) -> GenerationRequest:
     messages = conversation(req, max_messages)
-    tools, tool_constraint = tools_and_constraint(req)
-    constraint: Constraint | None = tool_constraint
     output = req.output_config
     if output is not None and output.effort is not None:
         raise UnsupportedParameter(
             "'output_config.effort' is not supported by this server.", param="output_config.effort"
         )
-    if output is not None and output.format is not None:
-        if constraint is not None:
-            raise UnsupportedParameter(
-                "output_config.format cannot be combined with tools that may be called; "
-                "use tool_choice 'none' or drop one.",
-                param="output_config.format",
-            )
-        constraint = JsonConstraint(output.format.schema_)
+    fmt = output.format if output is not None else None
+    json = JsonConstraint(fmt.schema_) if fmt is not None else None
+    defs, choice, parallel = _tool_choice(req)
+    tools, constraint = tools_or_format(defs, choice, json, parallel=parallel, format_param="output_config.format")
     sampling = SamplingParams(
         max_tokens=capped_max_tokens(req.max_tokens, limits),
         temperature=1.0 if req.temperature is None else req.temperature,  # Anthropic's default
@@ -138,5 +130,6 @@ def messages_request(
 
 def count_request(req: CountTokensRequest, max_messages: int | None = None) -> TokenizeRequest:
     """The prompt a Messages request with these fields would send, as the tokenizer sees it."""
-    tools, _ = tools_and_constraint(req)
+    defs, choice, parallel = _tool_choice(req)
+    tools, _ = choose_tools(defs, choice, parallel=parallel)
     return TokenizeRequest(messages=conversation(req, max_messages), add_special_tokens=False, tools=tools)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.errors import InvalidRequest, UnsupportedParameter
-from backends.tools import choose_tools
+from backends.tools import tools_or_format
 from backends.types import (
     Constraint,
     GenerationRequest,
@@ -149,22 +149,14 @@ def chat_request(
 
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
     """The tools the prompt shows and the output constraint, per OpenAI's tool_choice rules."""
-    json_constraint = json_format_constraint(req.response_format)
     choice = req.tool_choice
     defs = tuple(
         ToolDef(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
         for t in req.tools or ()
     )
     named = choice.function.name if isinstance(choice, NamedToolChoice) else choice
-    tools, constraint = choose_tools(defs, named, parallel=req.parallel_tool_calls is not False)
-    if constraint is None:
-        return tools, json_constraint
-    if json_constraint is not None:
-        raise UnsupportedParameter(
-            "response_format cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
-            param="response_format",
-        )
-    return tools, constraint
+    json = json_format_constraint(req.response_format)
+    return tools_or_format(defs, named, json, parallel=req.parallel_tool_calls is not False)
 
 
 def json_format_constraint(fmt: ResponseFormat | None) -> JsonConstraint | None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from server.openai.protocol import MAX_TOKENS_LIMIT, FunctionName, Temperature, check_schema
+from server.openai.protocol import MAX_TOKENS_LIMIT, FunctionDef, Temperature, check_schema
 
 
 class _Strict(BaseModel):
@@ -71,23 +71,11 @@ InputItem = Annotated[
 ]
 
 
-class FunctionTool(_Strict):
-    """Function tools only: OpenAI's hosted tools (web search, file search, ...) have other types."""
+class FunctionTool(FunctionDef):
+    """Function tools only (flat, unlike chat's): OpenAI's hosted tools (web search, file search,
+    ...) have other types."""
 
     type: Literal["function"]
-    name: FunctionName
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _object_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        if value.get("type", "object") != "object":
-            raise ValueError("a function's parameters must be a JSON schema of type 'object'")
-        return check_schema(value)
 
 
 class FunctionChoice(_Strict):

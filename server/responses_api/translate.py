@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.errors import InvalidRequest, UnsupportedParameter
-from backends.tools import choose_tools
+from backends.tools import tools_or_format
 from backends.types import Constraint, GenerationRequest, JsonConstraint, Message, SamplingParams, ToolCall, ToolDef
 from server.openai.translate import capped_max_tokens, check_message_count
 from server.responses_api.protocol import (
@@ -104,20 +104,12 @@ def input_messages(req: ResponsesRequest) -> list[Message]:
 
 def _tools_and_constraint(req: ResponsesRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
     fmt = req.text.format if req.text is not None else None
-    json_constraint: Constraint | None = None
+    json: JsonConstraint | None = None
     if isinstance(fmt, TextFormatJsonObject):
-        json_constraint = JsonConstraint()
+        json = JsonConstraint()
     elif isinstance(fmt, TextFormatJsonSchema):
-        json_constraint = JsonConstraint(fmt.schema_)
+        json = JsonConstraint(fmt.schema_)
     defs = tuple(ToolDef(t.name, t.description or "", t.parameters or {"type": "object"}) for t in req.tools or ())
     choice = req.tool_choice
     named = choice.name if isinstance(choice, FunctionChoice) else choice
-    tools, constraint = choose_tools(defs, named, parallel=req.parallel_tool_calls is not False)
-    if constraint is None:
-        return tools, json_constraint
-    if json_constraint is not None:
-        raise UnsupportedParameter(
-            "text.format cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
-            param="text.format",
-        )
-    return tools, constraint
+    return tools_or_format(defs, named, json, parallel=req.parallel_tool_calls is not False, format_param="text.format")

@@ -115,7 +115,7 @@ class Capital(BaseModel):
 
 def test_parse_with_a_pydantic_model(server: Server) -> None:
     parsed = make_client(server).responses.parse(
-        model=MODEL, input=QUESTION, text_format=Capital, temperature=0, max_output_tokens=60
+        model=MODEL, input=QUESTION, text_format=Capital, temperature=0, max_output_tokens=100
     )
     assert isinstance(parsed.output_parsed, Capital)
     assert parsed.output_parsed.city
