@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from backends.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
-from backends.types import Message
+from backends.types import Message, ToolDef
 
 # One input: a text, or token ids the client tokenized itself (OpenAI accepts both).
 EmbeddingInput = str | tuple[int, ...]
@@ -46,6 +46,8 @@ class TokenizeRequest:
     # Leave the last message open (no end-of-turn), so the model would continue it.
     continue_final_message: bool = False
     return_token_strs: bool = False
+    # Functions the prompt offers (chat only), rendered as generation would render them.
+    tools: tuple[ToolDef, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -19,6 +19,7 @@ class TextStream:
         self._hold = max((len(s) for s in self._stop), default=1) - 1
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text, once one has
 
     def feed(self, data: bytes) -> str:
         """Add one token's bytes; return the text that is now safe to send."""
@@ -53,8 +54,11 @@ class TextStream:
         return out
 
     def _first_stop(self, text: str) -> int | None:
-        hits = [i for i in (text.find(s) for s in self._stop) if i >= 0]
-        return min(hits) if hits else None
+        hits = [(i, s) for i, s in ((text.find(s), s) for s in self._stop) if i >= 0]
+        if not hits:
+            return None
+        cut, self.matched = min(hits, key=lambda hit: hit[0])
+        return cut
 
     def _partial_tail(self, text: str) -> int:
         for size in range(min(self._hold, len(text)), 0, -1):

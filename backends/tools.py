@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.textstream import partial_suffix
-from backends.types import Message, ToolCall, ToolDef
+from backends.types import Constraint, GrammarConstraint, JsonConstraint, Message, ToolCall, ToolCallConstraint, ToolDef
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -37,6 +38,55 @@ def openai_tools(tools: Sequence[ToolDef]) -> list[dict[str, Any]]:
         }
         for t in tools
     ]
+
+
+def choose_tools(
+    defs: Sequence[ToolDef], choice: str | None, *, parallel: bool = True, param: str = "tool_choice"
+) -> tuple[tuple[ToolDef, ...], ToolCallConstraint | None]:
+    """The tools the prompt shows and the output constraint, for every API's tool choice.
+
+    ``choice``: "none" (the model will not call, so it need not see the tools), "auto" or None
+    (it may), "required" (it must call one), or any other text: the name of the one function it
+    must call. Each API maps its own spelling (Anthropic's "any", a named object) onto these.
+    """
+    names = [d.name for d in defs]
+    if not defs:
+        if choice is not None and choice != "none":
+            raise InvalidRequest("tool_choice is only allowed when tools are given.", param=param)
+        return (), None
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools must have distinct function names.", param="tools")
+    if choice == "none":
+        return (), None
+    if choice in (None, "auto", "required"):
+        return tuple(defs), ToolCallConstraint(tuple(defs), required=choice == "required", parallel=parallel)
+    chosen = tuple(d for d in defs if d.name == choice)
+    if not chosen:
+        raise InvalidRequest(
+            f"tool_choice names function {choice!r}, which is not among the tools ({', '.join(names)}).", param=param
+        )
+    return tuple(defs), ToolCallConstraint(chosen, required=True, parallel=False)
+
+
+def tools_or_format(
+    defs: Sequence[ToolDef],
+    choice: str | None,
+    json: JsonConstraint | GrammarConstraint | None,
+    *,
+    parallel: bool = True,
+    format_param: str = "response_format",
+) -> tuple[tuple[ToolDef, ...], Constraint | None]:
+    """``choose_tools`` plus a JSON output format (``format_param`` is where the API puts it): one
+    constraint at a time, so a format and tools that may be called exclude each other."""
+    tools, constraint = choose_tools(defs, choice, parallel=parallel)
+    if constraint is None:
+        return tools, json
+    if json is not None:
+        raise UnsupportedParameter(
+            f"{format_param} cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
+            param=format_param,
+        )
+    return tools, constraint
 
 
 def call_schema(tools: Sequence[ToolDef]) -> dict[str, Any]:

@@ -192,6 +192,8 @@ class GenerationChunk:
     # The part of the new output that is the model's reasoning (see backends/reasoning.py);
     # ``text`` is then only the answer. Empty for models and requests without reasoning.
     reasoning: str = ""
+    # On the last chunk of a stream ended by a stop string: which one (Anthropic reports it).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

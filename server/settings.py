@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     playground: bool = True  # the chat page at /
     models_dir: Path = DEFAULT_MODELS_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The Responses API's store of past responses (for previous_response_id): in memory, least
+    # recently used evicted first past either bound; 0 entries turns storing off.
+    responses_store_entries: int = Field(default=1000, ge=0)
+    responses_store_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     # On SIGTERM: stop accepting, let in-flight requests finish this long, then cancel the rest.

@@ -214,7 +214,15 @@ class BatchedEngine:
                 last = chunks[-1] if chunks else None
                 if last is not None and last.finish_reason is not None:
                     req.done = True
-                    yield GenerationChunk(text, tokens, last.finish_reason, last.usage, queue_s, logprobs)
+                    yield GenerationChunk(
+                        text,
+                        tokens,
+                        last.finish_reason,
+                        last.usage,
+                        queue_s,
+                        logprobs,
+                        stop_sequence=last.stop_sequence,
+                    )
                     return
                 if error is not None:
                     req.done = True

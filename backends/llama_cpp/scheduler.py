@@ -201,7 +201,9 @@ class Scheduler:
         usage = Usage(len(a.req.prompt), a.n_generated, a.n_cached)
         logprobs = tuple(a.logprobs)
         a.logprobs.clear()
-        chunk = GenerationChunk(text, tokens, reason, usage, queue_s=a.queue_s, logprobs=logprobs)
+        chunk = GenerationChunk(
+            text, tokens, reason, usage, queue_s=a.queue_s, logprobs=logprobs, stop_sequence=a.text.matched
+        )
         outbox.setdefault(a.req.loop, []).append((a.req, chunk))
         logger.debug("request %s finished (%s, %d tokens)", a.req.request_id, reason, a.n_generated)
         self._release(slot, keep_kv=self._prefix_cache)

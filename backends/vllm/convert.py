@@ -235,7 +235,11 @@ def to_chunk(out: Any, prompt_tokens: int, completion_so_far: int) -> tuple[Gene
         # Stopped by the end-of-sequence token: it is not part of the text, so (as on llama.cpp)
         # it gets no logprobs entry; usage still counts it, as vLLM does.
         logprobs = logprobs[:-1]
-    chunk = GenerationChunk(text=seq.text, tokens=new_tokens, finish_reason=reason, usage=usage, logprobs=logprobs)
+    # vLLM's stop_reason is the matched stop string, a stop token id, or None (end of sequence).
+    stop = seq.stop_reason if isinstance(seq.stop_reason, str) else None
+    chunk = GenerationChunk(
+        text=seq.text, tokens=new_tokens, finish_reason=reason, usage=usage, logprobs=logprobs, stop_sequence=stop
+    )
     return chunk, True
 
 

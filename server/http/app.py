@@ -9,10 +9,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from backends.base import Backend
+from server.anthropic.errors import anthropic_shape
 from server.http.auth import ApiKeyMiddleware
 from server.http.errors import install_error_handlers
 from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
-from server.routes import completions, embeddings, health, metrics, models, playground, tokenize
+from server.responses_api.store import ResponseStore
+from server.routes import completions, embeddings, health, messages, metrics, models, playground, responses, tokenize
 from server.runtime.metrics import Metrics
 from server.runtime.pool import ModelPool
 from server.runtime.residency import Resident
@@ -47,7 +49,9 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         return current.residents() if current is not None else ()
 
     app.state.metrics = Metrics(served, residents)
-    install_error_handlers(app)
+    app.state.responses = ResponseStore(settings.responses_store_entries, settings.responses_store_bytes)
+    # Anthropic's clients read errors in Anthropic's shape on its routes; every other path is OpenAI's.
+    install_error_handlers(app, shapes=((messages.PREFIX, anthropic_shape),))
     # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
     app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -58,11 +62,11 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Api-Key", "Anthropic-Version"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    for routes in (health, completions, models, embeddings, tokenize, metrics):
+    for routes in (health, completions, messages, responses, models, embeddings, tokenize, metrics):
         app.include_router(routes.router)
     if settings.playground:
         app.include_router(playground.router)

@@ -13,11 +13,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.http.errors import AuthenticationError, send_error
 
 
-def check_key(authorization: str, keys: tuple[str, ...]) -> None:
+def presented_key(authorization: str, x_api_key: str) -> str | None:
+    """The key a client sent: ``Authorization: Bearer KEY`` (OpenAI) or ``x-api-key: KEY`` (Anthropic)."""
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
-    presented = token.strip().encode()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return x_api_key.strip() or None
+
+
+def check_key(authorization: str, keys: tuple[str, ...], x_api_key: str = "") -> None:
+    key = presented_key(authorization, x_api_key)
+    if key is None:
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-api-key: YOUR_KEY'."
+        )
+    presented = key.encode()
     # Check every key, so the time taken does not reveal which one came close.
     matched = False
     for key in keys:
@@ -37,10 +47,14 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self.keys or path in self.open_paths:
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        headers = dict(scope["headers"])
         try:
-            check_key(header, self.keys)
+            check_key(
+                headers.get(b"authorization", b"").decode("latin-1"),
+                self.keys,
+                headers.get(b"x-api-key", b"").decode("latin-1"),
+            )
         except AuthenticationError as exc:
-            await send_error(send, exc)
+            await send_error(scope, send, exc)
             return
         await self.app(scope, receive, send)

@@ -56,7 +56,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -67,7 +67,7 @@ class BodyLimitMiddleware:
                 break  # client went away before sending the body
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
@@ -83,9 +83,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         await send_error(
-            send, PayloadTooLarge(f"Request body is larger than the {self.max_bytes} bytes this server accepts.")
+            scope, send, PayloadTooLarge(f"Request body is larger than the {self.max_bytes} bytes this server accepts.")
         )
 
 

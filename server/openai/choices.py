@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.call_parser import CallParser
-from backends.types import GenerationChunk, TokenLogprob, ToolCall, Usage
+from backends.call_formats import CallFormat
+from backends.call_parser import CallParser, call_parser
+from backends.types import GenerationChunk, GenerationRequest, TokenLogprob, ToolCall, ToolCallConstraint, Usage
+
+
+def request_parser(req: GenerationRequest, fmt: CallFormat) -> CallParser | None:
+    """The parser of the model family's calls, for output constrained to calls; None otherwise
+    (a tool shown with tool_choice "none" is never parsed as one)."""
+    return call_parser(fmt, req.tools) if isinstance(req.constraint, ToolCallConstraint) else None
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ class TextPart(StrictModel):
     text: str
 
 
-def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -55,7 +55,7 @@ class FunctionDef(StrictModel):
             return None
         if value.get("type", "object") != "object":
             raise ValueError("a function's parameters must be a JSON schema of type 'object'")
-        return _check_schema(value)
+        return check_schema(value)
 
 
 class Tool(StrictModel):
@@ -93,7 +93,7 @@ class JsonSchemaFormat(StrictModel):
     @field_validator("schema_")
     @classmethod
     def _valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if value is None else _check_schema(value)
+        return None if value is None else check_schema(value)
 
 
 class TextFormat(StrictModel):

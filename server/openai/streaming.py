@@ -36,7 +36,7 @@ class Generation:
         try:
             first = await anext(chunks)
         except BaseException:
-            await _close(chunks)
+            await close_stream(chunks)
             raise
         return cls(first, chunks)
 
@@ -52,7 +52,7 @@ class Generation:
                 return
 
     async def close(self) -> None:
-        await _close(self._rest)
+        await close_stream(self._rest)
 
 
 async def start_all(streams: Sequence[AsyncIterator[GenerationChunk]]) -> list[Generation]:
@@ -129,7 +129,7 @@ async def merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, Generat
                 await gen.close()
 
 
-async def _close(chunks: AsyncIterator[Any]) -> None:
+async def close_stream(chunks: AsyncIterator[Any]) -> None:
     # Shielded: when the client has gone, anyio keeps re-cancelling this task, and the engine
     # must still get to free the request's slot.
     aclose = getattr(chunks, "aclose", None)
@@ -167,7 +167,7 @@ async def sse_events(
         log.exception("stream %s failed after its first token", shape.id)
         yield {"data": sse_error_payload(exc)}
     finally:
-        await _close(stream)
+        await close_stream(stream)
     yield {"data": DONE}
 
 
@@ -180,5 +180,5 @@ async def fold(
         async for i, chunk in stream:
             states[i].feed(chunk)
     finally:
-        await _close(stream)
+        await close_stream(stream)
     return shape.full(states, total_usage(list(states), n))

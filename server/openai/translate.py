@@ -8,6 +8,7 @@ from typing import Any
 
 from backends.chat_template import RESERVED
 from backends.errors import InvalidRequest, UnsupportedParameter
+from backends.tools import tools_or_format
 from backends.types import (
     Constraint,
     GenerationRequest,
@@ -16,7 +17,6 @@ from backends.types import (
     Message,
     SamplingParams,
     ToolCall,
-    ToolCallConstraint,
     ToolDef,
 )
 from server.openai.protocol import (
@@ -25,6 +25,7 @@ from server.openai.protocol import (
     JsonObjectFormat,
     JsonSchemaResponseFormat,
     NamedToolChoice,
+    ResponseFormat,
     _SamplingFields,
 )
 from server.runtime.pool import ModelLimits
@@ -103,11 +104,19 @@ def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None
     )
 
 
-def _max_tokens(wanted: int | None, limits: ModelLimits) -> int | None:
+def capped_max_tokens(wanted: int | None, limits: ModelLimits, param: str = "max_tokens") -> int | None:
+    """The completion budget: the client's, refused above the model's cap; the cap when none is asked."""
     cap = limits.max_tokens
     if cap is not None and wanted is not None and wanted > cap:
-        raise InvalidRequest(f"max_tokens is {wanted}; this model allows at most {cap}.", param="max_tokens")
+        raise InvalidRequest(f"{param} is {wanted}; this model allows at most {cap}.", param=param)
     return wanted if wanted is not None else cap
+
+
+def check_message_count(count: int, max_messages: int | None, param: str = "messages") -> None:
+    if max_messages is not None and count > max_messages:
+        raise InvalidRequest(
+            f"The request has {count} messages; this server accepts at most {max_messages}.", param=param
+        )
 
 
 def chat_request(
@@ -117,11 +126,7 @@ def chat_request(
     max_messages: int | None = None,
 ) -> GenerationRequest:
     _refuse_unsupported(req, _CHAT_UNSUPPORTED)
-    if max_messages is not None and len(req.messages) > max_messages:
-        raise InvalidRequest(
-            f"The request has {len(req.messages)} messages; this server accepts at most {max_messages}.",
-            param="messages",
-        )
+    check_message_count(len(req.messages), max_messages)
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true.", param="top_logprobs")
     messages = []
@@ -134,7 +139,7 @@ def chat_request(
     return GenerationRequest(
         request_id=request_id,
         sampling=_sampling(
-            req, _max_tokens(req.wanted_tokens(), limits), (req.top_logprobs or 0) if req.logprobs else None
+            req, capped_max_tokens(req.wanted_tokens(), limits), (req.top_logprobs or 0) if req.logprobs else None
         ),
         messages=tuple(messages),
         max_prompt_tokens=limits.max_prompt_tokens,
@@ -159,47 +164,33 @@ def _template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
 
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
     """The tools the prompt shows and the output constraint, per OpenAI's tool_choice rules."""
-    fmt = req.response_format
-    output_constraint: Constraint | None = None
-    if isinstance(fmt, JsonObjectFormat):
-        output_constraint = JsonConstraint()
-    elif isinstance(fmt, JsonSchemaResponseFormat):
-        output_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
-    if req.grammar is not None:
-        if output_constraint is not None:
-            raise InvalidRequest("grammar and response_format cannot be combined; send one.", param="grammar")
-        output_constraint = GrammarConstraint(req.grammar)
     choice = req.tool_choice
-    if not req.tools:
-        if choice is not None and choice != "none":
-            raise InvalidRequest("tool_choice is only allowed when tools are given.", param="tool_choice")
-        return (), output_constraint
     defs = tuple(
         ToolDef(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
-        for t in req.tools
+        for t in req.tools or ()
     )
-    names = [d.name for d in defs]
-    if len(set(names)) != len(names):
-        raise InvalidRequest("tools must have distinct function names.", param="tools")
-    if choice == "none":
-        return (), output_constraint  # OpenAI: the model will not call a tool, so it need not see them
-    if output_constraint is not None:
-        raise UnsupportedParameter(
-            "response_format (or grammar) cannot be combined with tools that may be called; "
-            "use tool_choice 'none' or drop one.",
-            param="response_format",
-        )
-    parallel = req.parallel_tool_calls is not False
-    if isinstance(choice, NamedToolChoice):
-        chosen = [d for d in defs if d.name == choice.function.name]
-        if not chosen:
-            raise InvalidRequest(
-                f"tool_choice names function {choice.function.name!r}, which is not among the tools "
-                f"({', '.join(names)}).",
-                param="tool_choice",
-            )
-        return defs, ToolCallConstraint(tuple(chosen), required=True, parallel=False)
-    return defs, ToolCallConstraint(defs, required=choice == "required", parallel=parallel)
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+    output: JsonConstraint | GrammarConstraint | None = json_format_constraint(req.response_format)
+    if req.grammar is not None:
+        if output is not None:
+            raise InvalidRequest("grammar and response_format cannot be combined; send one.", param="grammar")
+        output = GrammarConstraint(req.grammar)
+    return tools_or_format(
+        defs,
+        named,
+        output,
+        parallel=req.parallel_tool_calls is not False,
+        format_param="grammar" if req.grammar is not None else "response_format",
+    )
+
+
+def json_format_constraint(fmt: ResponseFormat | None) -> JsonConstraint | None:
+    """OpenAI's output format (chat's response_format, the Responses API's text.format) as a constraint."""
+    if isinstance(fmt, JsonObjectFormat):
+        return JsonConstraint()
+    if isinstance(fmt, JsonSchemaResponseFormat):
+        return JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+    return None
 
 
 def completion_requests(
@@ -216,7 +207,7 @@ def completion_requests(
     if req.echo and req.suffix:
         raise InvalidRequest("echo and suffix cannot be combined.", param="suffix")
     wanted = req.max_tokens if "max_tokens" in req.model_fields_set else None
-    max_tokens = _max_tokens(wanted, limits)
+    max_tokens = capped_max_tokens(wanted, limits)
     if max_tokens is None:
         max_tokens = req.max_tokens  # OpenAI's default of 16 for completions
     sampling = _sampling(req, max_tokens, req.logprobs)

@@ -6,21 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
-from backends.call_parser import call_parser
 from backends.errors import InvalidRequest
-from backends.types import GenerationRequest, ToolCallConstraint
+from backends.types import GenerationRequest
 from server.http.deps import RequestId, get_pool, get_settings
-from server.openai.choices import ChoiceState
+from server.http.sse import leased, sse_response
+from server.openai.choices import ChoiceState, request_parser
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
 from server.openai.responses import ResponseRenderer
 from server.openai.streaming import fold, sse_events, start_all
 from server.openai.translate import chat_request, choices, completion_requests
-from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
-from server.runtime.observe import observe
+from server.runtime.observe import generation
 from server.runtime.pool import ModelPool
 from server.runtime.residency import Lease
 from server.settings import Settings
@@ -40,15 +38,9 @@ async def _generate(
     request_id: str,
 ) -> Response:
     # Loads the model first when it is not loaded; 503 while its engine is down or restarting.
-    lease = await pool.acquire(body.model, body.keep_alive)
-    handed_over = False
-    try:
-        response = await _respond(body, lease, pool, settings, metrics, request_id)
-        handed_over = isinstance(response, EventSourceResponse)
-        return response
-    finally:
-        if not handed_over:  # a stream releases the model when it ends
-            lease.release()
+    return await leased(
+        pool, body.model, body.keep_alive, lambda lease: _respond(body, lease, pool, settings, metrics, request_id)
+    )
 
 
 async def _respond(
@@ -81,37 +73,21 @@ async def _respond(
     shape = ResponseRenderer(id=rid, model=body.model, chat=chat, logprobs=wants_logprobs)
     endpoint = "chat_completions" if chat else "completions"
     # Choice index = prompt * n + j, as OpenAI numbers them. Each choice is its own engine request
-    # (batched together by the engine). The deadline sits inside observe, so a timeout is counted
-    # like any other failure.
+    # (batched together by the engine).
     streams = [
-        observe(metrics, backend, endpoint, with_deadline(backend.generate(r), limits.request_timeout_s))
-        for req in reqs
-        for r in choices(req, n)
+        generation(metrics, backend, endpoint, r, limits.request_timeout_s) for req in reqs for r in choices(req, n)
     ]
     gens = await start_all(streams)
-    calls = isinstance(reqs[0].constraint, ToolCallConstraint)
     fmt = backend.call_format()
     include_reasoning = not isinstance(body, ChatCompletionRequest) or body.include_reasoning is not False
     states = [
-        ChoiceState(
-            i,
-            call_parser(fmt, reqs[0].tools) if calls else None,
-            prefixes[i // n],
-            include_reasoning=include_reasoning,
-        )
+        ChoiceState(i, request_parser(reqs[0], fmt), prefixes[i // n], include_reasoning=include_reasoning)
         for i in range(len(gens))
     ]
     if not body.stream:
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return EventSourceResponse(
-        lease.hold(sse_events(gens, states, shape, include_usage=include_usage, n=n)),
-        ping=int(max(1, settings.sse_ping_seconds)),
-        sep="\n",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        # On shutdown, sse-starlette would cut streams at once; let them finish within the grace.
-        shutdown_grace_period=settings.shutdown_grace_s,
-    )
+    return sse_response(lease.hold(sse_events(gens, states, shape, include_usage=include_usage, n=n)), settings)
 
 
 async def _echo(backend: Backend, req: GenerationRequest) -> str:

@@ -25,11 +25,21 @@ from dataclasses import dataclass
 import anyio
 
 from backends.base import Backend
-from backends.types import GenerationChunk
+from backends.types import GenerationChunk, GenerationRequest
 from server.http.errors import classify
+from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics
 
 NO_FINISH = "none"
+
+
+def generation(
+    metrics: Metrics, backend: Backend, endpoint: str, req: GenerationRequest, timeout_s: float | None
+) -> AsyncIterator[GenerationChunk]:
+    """The one way a route runs a generation, whatever API it speaks: the backend's stream under the
+    request's time limit, observed. The deadline sits inside observe, so a timeout is counted like
+    any other failure."""
+    return observe(metrics, backend, endpoint, with_deadline(backend.generate(req), timeout_s))
 
 
 def observe(

@@ -48,3 +48,10 @@ def test_nothing_is_emitted_after_a_stop() -> None:
     assert stream.feed(b"aXb") == "a"
     assert stream.feed(b"more") == ""
     assert stream.flush() == ""
+
+
+def test_the_stop_string_that_ended_the_text_is_recorded() -> None:
+    ts = TextStream(stop=("END", "Paris"))
+    assert ts.matched is None
+    out = ts.feed(b"The capital is Par") + ts.feed(b"is. END")
+    assert out == "The capital is " and ts.stopped and ts.matched == "Paris"
