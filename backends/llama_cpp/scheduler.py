@@ -162,8 +162,10 @@ class Scheduler:
         p = req.sampling
         seed = smp.request_seed(p)
         native = self._route == "native" or smp.needs_native(p, req.grammar)
-        # logprobs report the raw distribution, which backend sampling does not copy back.
-        if native or (self._route == "backend" and p.logprobs is None):
+        # logprobs report the raw distribution, which backend sampling does not copy back. Greedy
+        # stays an argmax over the logits view: cheaper than one argmax node per sequence in the graph.
+        on_backend = self._route == "backend" and p.logprobs is None and p.temperature > 0.0
+        if native or on_backend:
             chain = smp.build_chain(
                 p, vocab=self._native.vocab, n_vocab=self._native.n_vocab, seed=seed, grammar=req.grammar
             )
