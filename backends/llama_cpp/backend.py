@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from backends import memplan
 from backends.base import Backend, BackendOptions
+from backends.call_formats import FORMATS, CallFormat, call_format, in_format
 from backends.chat_template import ChatTemplate
 from backends.checks import check_prompt_fits, check_token_ids
 from backends.embeddings import (
@@ -25,12 +26,15 @@ from backends.embeddings import (
 from backends.errors import (
     BackendStartupError,
     BackendUnavailable,
+    ConfigError,
     InvalidRequest,
     UnsupportedParameter,
 )
 from backends.formats import gguf_file_type_name
+from backends.llama_cpp import offload
 from backends.llama_cpp.engine_api import LlamaEngine
 from backends.llama_cpp.options import LlamaCppOptions
+from backends.reasoning import split_chunk
 from backends.types import (
     BackendInfo,
     Device,
@@ -40,7 +44,6 @@ from backends.types import (
     ModelFormat,
     ModelSpec,
     Support,
-    ToolCallConstraint,
 )
 
 if TYPE_CHECKING:  # both import llama_cpp, which this module must not import before start()
@@ -64,6 +67,7 @@ class LlamaCppBackend(Backend):
         self._engine: LlamaEngine | None = None
         self._template: ChatTemplate | None = None
         self._device = "cpu"
+        self._n_gpu_layers = 0  # resolved from the option (``auto`` or a count) at each start
         self._embedder: Embedder | None = None  # built on the first /v1/embeddings request
 
     @classmethod
@@ -77,17 +81,9 @@ class LlamaCppBackend(Backend):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        memplan.guard_llama_cpp(
-            self.spec.id,
-            self.spec.path,
-            n_ctx=self._opts.n_ctx,
-            parallel=self._opts.parallel,
-            cache_type_k=self._opts.cache_type_k,
-            cache_type_v=self._opts.cache_type_v,
-            on_host=self._opts.n_gpu_layers == 0,
-        )
+        n_gpu_layers = await self._offload()
         try:
-            self._engine = await asyncio.to_thread(self._open_engine)
+            self._engine = await asyncio.to_thread(self._open_engine, n_gpu_layers)
         except BackendStartupError as exc:
             raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from exc
         except (ValueError, RuntimeError, OSError) as exc:
@@ -96,13 +92,67 @@ class LlamaCppBackend(Backend):
             ) from exc
         source = self._opts.chat_template or self._engine.metadata.get("tokenizer.chat_template")
         if source:
-            self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            try:
+                self._template = ChatTemplate(source, bos_token=self._engine.bos_text, eos_token=self._engine.eos_text)
+            except BackendStartupError as exc:
+                await self.stop()
+                raise BackendStartupError(f"model {self.spec.id!r}: {exc.message}") from None
         else:
             log.warning("model %s has no chat template: /v1/chat/completions will refuse it", self.spec.id)
-        self._device = "cuda" if self._opts.n_gpu_layers else "cpu"
         log.info("model %s loaded: %s, context %d", self.spec.id, self.spec.path.name, self._engine.n_ctx)
 
-    def _open_engine(self) -> LlamaEngine:
+    async def _offload(self) -> int:
+        """Resolve ``n_gpu_layers`` and check that the plan fits host and device memory; ONE log line
+        says what was chosen and why. A GGUF whose header cannot be read is left to llama.cpp,
+        which reports it better."""
+        opts = self._opts
+        devices = await asyncio.to_thread(offload.query_devices)
+        # In a thread: reading the GGUF header can take seconds on a busy machine, and the event
+        # loop keeps serving the other models' streams meanwhile.
+        layout = await asyncio.to_thread(self._layout)
+        choice = offload.resolve(opts.n_gpu_layers, devices, layout, self.spec.id)
+        self._device = devices.label if choice.n_gpu_layers else "cpu"
+        where = f" on {devices.names}" if choice.n_gpu_layers else ""
+        log.info(
+            "model %s: n_gpu_layers %s -> %d%s: %s",
+            self.spec.id,
+            opts.n_gpu_layers,
+            choice.n_gpu_layers,
+            where,
+            choice.reason,
+        )
+        if layout is not None:
+            memplan.guard_llama_cpp(
+                self.spec.id,
+                layout,
+                n_gpu_layers=choice.n_gpu_layers,
+                device_free=devices.free_bytes,
+                device_place=devices.place,
+            )
+        self._n_gpu_layers = choice.n_gpu_layers
+        return choice.n_gpu_layers
+
+    def _layout(self) -> memplan.LlamaLayout | None:
+        """Where this model's weights and KV cache go; None when the GGUF header cannot be read."""
+        opts = self._opts
+        try:
+            return memplan.llama_layout(
+                self.spec.path,
+                n_ctx=opts.n_ctx,
+                parallel=opts.parallel,
+                cache_type_k=opts.cache_type_k,
+                cache_type_v=opts.cache_type_v,
+            )
+        except ConfigError:
+            return None
+
+    def memory_plan(self) -> memplan.MemoryPlan | None:
+        # Host memory, for the server's load budget. Before the first load, ``auto`` is counted as
+        # no offload: the budget errs on the side of refusing rather than over-committing.
+        layout = self._layout()
+        return None if layout is None else layout.host_plan(self._n_gpu_layers)
+
+    def _open_engine(self, n_gpu_layers: int) -> LlamaEngine:
         from backends.llama_cpp.batched import BatchedEngine
 
         opts = self._opts
@@ -116,7 +166,7 @@ class LlamaCppBackend(Backend):
             parallel=opts.parallel,
             n_batch=opts.n_batch,
             n_threads=opts.n_threads,
-            n_gpu_layers=opts.n_gpu_layers,
+            n_gpu_layers=n_gpu_layers,
             flash_attn=opts.flash_attn,
             cache_type_k=opts.cache_type_k,
             cache_type_v=opts.cache_type_v,
@@ -158,18 +208,25 @@ class LlamaCppBackend(Backend):
     def stats(self) -> EngineStats:
         return self._engine.stats() if self._engine else EngineStats()
 
+    def call_format(self) -> CallFormat:
+        template = self._template
+        if template is None or not template.native_tools:
+            return FORMATS["hermes"]  # our preamble teaches the Hermes form
+        return call_format(template.format.tool_format)
+
+    def _chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            raise InvalidRequest(
+                f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
+                param="messages",
+            )
+        return self._template
+
     def tokenize_request(self, req: GenerationRequest) -> list[int]:
         engine = self._require_engine()
         if req.messages is not None:
-            if self._template is None:
-                raise InvalidRequest(
-                    f"model {self.spec.id!r} has no chat template; use /v1/completions or set options.chat_template",
-                    param="messages",
-                )
-            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            text = self._template.render(req.messages, tools=req.tools, tools_required=required)
             # The rendered template already holds any BOS it wants; parse its special tokens.
-            return engine.tokenize(text, add_special=False)
+            return engine.tokenize(self._chat_template().render_request(req), add_special=False)
         assert req.prompt is not None
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, engine.n_vocab, "prompt")
@@ -192,7 +249,14 @@ class LlamaCppBackend(Backend):
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
-        tokens = self.tokenize_request(req)
+        splitter = None
+        if req.messages is not None:
+            template = self._chat_template()
+            prompt = template.render_request(req)
+            tokens = engine.tokenize(prompt, add_special=False)
+            splitter = template.reasoning_splitter(req, prompt)
+        else:
+            tokens = self.tokenize_request(req)
         check_prompt_fits(
             len(tokens),
             n_ctx=engine.n_ctx,
@@ -200,11 +264,10 @@ class LlamaCppBackend(Backend):
             max_prompt_tokens=req.max_prompt_tokens,
             param="messages" if req.messages is not None else "prompt",
         )
-        stream = engine.generate(
-            req.request_id, tokens, req.sampling, req.constraint, queue_timeout_s=req.queue_timeout_s
-        )
+        constraint = in_format(req.constraint, self.call_format())
+        stream = engine.generate(req.request_id, tokens, req.sampling, constraint, queue_timeout_s=req.queue_timeout_s)
         async for chunk in stream:
-            yield chunk
+            yield split_chunk(splitter, chunk)
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     def _native_model(self) -> tuple[LlamaEngine, NativeModel]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,7 +45,9 @@ class LlamaCppOptions(BackendOptions):
     n_ctx: int = Field(default=4096, ge=0)
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
-    n_gpu_layers: int = Field(default=0, ge=-1)  # -1: offload every layer (CUDA / Metal builds)
+    # auto: every layer when the build can offload and the device has room, fewer when it has
+    # not, 0 on a CPU build (backends.llama_cpp.offload). A count: as given; -1 = every layer.
+    n_gpu_layers: Annotated[int, Field(ge=-1)] | Literal["auto"] = "auto"
     # Sequences decoded together in one llama_decode per step (continuous batching); the
     # context holds parallel x n_ctx cells so each request really gets n_ctx.
     parallel: int = Field(default=4, ge=1, le=256)

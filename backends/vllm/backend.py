@@ -16,13 +16,15 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from backends import memplan
 from backends.base import Backend
+from backends.call_formats import FORMATS, CallFormat, call_format, in_format
+from backends.chat_format import ChatFormat, detect
 from backends.checks import check_prompt_fits, check_token_ids, check_unicode
 from backends.embeddings import (
     EmbeddingRequest,
@@ -36,21 +38,27 @@ from backends.errors import (
     InvalidRequest,
     UnsupportedParameter,
 )
-from backends.tools import openai_tools, template_messages
+from backends.reasoning import split_chunk, splitter_for
 from backends.types import (
     BackendInfo,
     Device,
     EngineStats,
     GenerationChunk,
     GenerationRequest,
-    Message,
     ModelFormat,
     ModelSpec,
     Support,
-    ToolCallConstraint,
-    ToolDef,
 )
-from backends.vllm.convert import EngineCounts, stat_logger_factory, to_chunk, to_vllm_sampling, translate_error
+from backends.vllm.convert import (
+    EngineCounts,
+    render_chat,
+    render_tokenize_chat,
+    stat_logger_factory,
+    tag_format,
+    to_chunk,
+    to_vllm_sampling,
+    translate_error,
+)
 from backends.vllm.options import DEFAULT_CPU_KV_CACHE_GIB, VllmOptions, cpu_environment, engine_kwargs
 from backends.vllm.startup import EngineLog, describe, startup_error
 
@@ -85,6 +93,7 @@ class VllmBackend(Backend):
         self.options: VllmOptions = options
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._format: ChatFormat = detect("")
         self._max_model_len = options.max_model_len or 0
         self._quantization = options.quantization or spec.format.value
         self._kv_cache_dtype = options.kv_cache_dtype
@@ -233,6 +242,7 @@ class VllmBackend(Backend):
     def _adopt(self, engine: Any) -> None:
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
+        self._format = detect(str(getattr(self._tokenizer, "chat_template", "") or ""))
         self._max_model_len = int(engine.model_config.max_model_len)
         self._quantization = str(engine.model_config.quantization or "none")
         self._kv_cache_dtype = str(engine.vllm_config.cache_config.cache_dtype)
@@ -283,6 +293,10 @@ class VllmBackend(Backend):
         running = min(self._counts.running, unfinished)
         return EngineStats(running=running, waiting=unfinished - running, kv_cache_usage=self._counts.kv_cache_usage)
 
+    def call_format(self) -> CallFormat:
+        native = "tools" in str(getattr(self._tokenizer, "chat_template", "") or "")
+        return tag_format(call_format(self._format.tool_format)) if native else FORMATS["hermes"]
+
     def _require_engine(self) -> Any:
         if self._engine is None:
             raise BackendUnavailable(f"model {self.spec.id!r} is not loaded")
@@ -293,17 +307,20 @@ class VllmBackend(Backend):
     # ---- generation ---------------------------------------------------------------------
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._require_engine()
-        prompt_ids = self._encode(req)
+        prompt_ids, prompt_text = self._encode(req)
+        splitter = splitter_for(self._format.reasoning, req, prompt_text) if prompt_text is not None else None
+        param = "messages" if req.messages else "prompt"
         check_prompt_fits(
             len(prompt_ids),
             n_ctx=self._max_model_len,
             max_tokens=req.sampling.max_tokens,
             max_prompt_tokens=req.max_prompt_tokens,
-            param="messages" if req.messages else "prompt",
+            param=param,
         )
         if req.suffix is not None:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
-        params = to_vllm_sampling(req.sampling, req.constraint)
+        constraint = in_format(req.constraint, self.call_format())
+        params = to_vllm_sampling(req.sampling, constraint)
         from vllm.inputs import TokensPrompt
 
         try:
@@ -326,7 +343,7 @@ class VllmBackend(Backend):
                 first = False
                 chunk, finished = to_chunk(out, len(prompt_ids), completion)
                 completion += chunk.tokens
-                yield chunk
+                yield split_chunk(splitter, chunk)
                 if finished:
                     break
         finally:
@@ -340,47 +357,18 @@ class VllmBackend(Backend):
         except Exception as exc:  # a dead engine cannot abort; the caller's error matters more
             logger.warning("could not abort %s on %s: %s", request_id, self.spec.id, describe(exc))
 
-    def _encode(self, req: GenerationRequest) -> list[int]:
+    def _encode(self, req: GenerationRequest) -> tuple[list[int], str | None]:
+        """Prompt token ids, and the rendered text of a chat prompt."""
         tok = self._tokenizer
         if req.messages is not None:
-            required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
-            text = self._render_chat(req.messages, req.tools, required=required)
-            return list(tok.encode(text, add_special_tokens=False))
+            text = render_chat(tok, req)
+            check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
+            return list(tok.encode(text, add_special_tokens=False)), text
         if isinstance(req.prompt, tuple):
             check_token_ids(req.prompt, len(tok), "prompt")
-            return list(req.prompt)
+            return list(req.prompt), None
         check_unicode(req.prompt or "", "prompt")
-        return list(tok.encode(req.prompt or "", add_special_tokens=True))
-
-    def _render_chat(
-        self,
-        messages: Sequence[Message],
-        tools: Sequence[ToolDef],
-        *,
-        required: bool = False,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-    ) -> str:
-        """The one way this backend renders a conversation (generation and /tokenize alike), so
-        /tokenize counts exactly the tokens a chat request would send, tool turns included."""
-        tok = self._tokenizer
-        native = "tools" in str(getattr(tok, "chat_template", "") or "")
-        dicts = template_messages(messages, tools, native=native, required=required)
-        extra = {"tools": openai_tools(tools)} if tools and native else {}
-        try:
-            text = tok.apply_chat_template(
-                dicts,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message,
-                tokenize=False,
-                **extra,
-            )
-        except Exception as exc:
-            raise InvalidRequest(
-                f"the model's chat template rejected the messages: {describe(exc)}", param="messages"
-            ) from None
-        check_unicode(text, "messages")  # a lone surrogate would crash the HF tokenizer
-        return str(text)
+        return list(tok.encode(req.prompt or "", add_special_tokens=True)), None
 
     # ---- embeddings, /tokenize and /detokenize (optional Backend capabilities) ----
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
@@ -397,12 +385,7 @@ class VllmBackend(Backend):
         tok = self._tokenizer
         text = req.prompt
         if req.messages is not None:
-            text = self._render_chat(
-                req.messages,
-                (),
-                add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-                continue_final_message=req.continue_final_message,
-            )
+            text = render_tokenize_chat(tok, req)
         assert text is not None
         check_unicode(text, "prompt" if req.messages is None else "messages")
         ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)

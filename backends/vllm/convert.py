@@ -7,17 +7,25 @@ except ``EngineCounts``, which one backend owns.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backends import tools as tl
+from backends.call_formats import FORMATS, CallFormat, call_format
+from backends.embeddings import TokenizeRequest
 from backends.errors import BackendUnavailable, InvalidRequest, Overloaded
 from backends.types import (
     Constraint,
     FinishReason,
     GenerationChunk,
+    GenerationRequest,
+    GrammarConstraint,
     JsonConstraint,
+    Message,
     SamplingParams,
     TokenLogprob,
+    ToolCallConstraint,
+    ToolDef,
     TopLogprob,
     Usage,
 )
@@ -72,25 +80,111 @@ def structured_outputs(constraint: Constraint | None) -> Any:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
+    if isinstance(constraint, GrammarConstraint):
+        return StructuredOutputsParams(grammar=constraint.gbnf)
     if isinstance(constraint, JsonConstraint):
         # Compact JSON: free whitespace lets a small model indent itself into the token limit.
         if constraint.schema is None:
             return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         return StructuredOutputsParams(json=constraint.schema, disable_any_whitespace=True)
-    tag = {
-        "type": "tag",
-        "begin": f"{tl.OPEN}\n",
-        "content": {"type": "json_schema", "json_schema": tl.call_schema(constraint.tools)},
-        "end": f"\n{tl.CLOSE}",
-    }
+    fmt = call_format(constraint.format)
+    tags, trigger, separator = _call_tags(constraint, fmt)
     if constraint.required:
-        # Nothing but calls: one or more tags, newline-separated.
-        fmt = {"type": "tags_with_separator", "tags": [tag], "separator": "\n", "at_least_one": True}
+        # Nothing but calls: one or more tags, separated the family's way.
+        body = {"type": "tags_with_separator", "tags": tags, "separator": separator, "at_least_one": True}
     else:
-        # Free text until "<tool_call>", then a valid call.
-        fmt = {"type": "triggered_tags", "triggers": [tl.OPEN], "tags": [tag]}
-    fmt["stop_after_first"] = not constraint.parallel
-    return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt}))
+        # Free text until the family's trigger, then a valid call.
+        body = {"type": "triggered_tags", "triggers": [trigger], "tags": tags}
+    body["stop_after_first"] = not (constraint.parallel and fmt.parallel)
+    fmt_json = body
+    return StructuredOutputsParams(structural_tag=json.dumps({"type": "structural_tag", "format": fmt_json}))
+
+
+def tag_format(fmt: CallFormat) -> CallFormat:
+    """The family's format if structural tags can express it (one tag per call, no enclosing
+    block, JSON arguments), else Hermes."""
+    return FORMATS["hermes"] if fmt.block_open or fmt.shape == "xml" else fmt
+
+
+def _call_tags(c: ToolCallConstraint, fmt: CallFormat) -> tuple[list[dict[str, Any]], str, str]:
+    """One structural tag per tool (its name fixed in the tag's begin), the trigger, the separator."""
+    if fmt.shape == "hermes":
+        tag = {
+            "type": "tag",
+            "begin": f"{tl.OPEN}\n",
+            "content": {"type": "json_schema", "json_schema": tl.call_schema(c.tools)},
+            "end": f"\n{tl.CLOSE}",
+        }
+        return [tag], tl.OPEN, "\n"
+    tags = []
+    for t in c.tools:
+        args = {"type": "json_schema", "json_schema": t.parameters or {"type": "object"}}
+        if fmt.shape == "object":
+            begin = f'{fmt.call_open}{{"name": "{t.name}", "{fmt.args_key}": '
+            tags.append({"type": "tag", "begin": begin, "content": args, "end": "}" + fmt.call_close})
+        else:
+            begin = f"{fmt.call_open}{t.name}{fmt.name_sep}"
+            tags.append({"type": "tag", "begin": begin, "content": args, "end": fmt.call_close})
+    return tags, fmt.trigger, fmt.separator
+
+
+def render_chat(tok: Any, req: GenerationRequest) -> str:
+    """A chat request's prompt through the HF tokenizer's ``apply_chat_template`` (the same
+    rendering ``backends.chat_template`` reproduces for GGUF models)."""
+    assert req.messages is not None
+    required = isinstance(req.constraint, ToolCallConstraint) and req.constraint.required
+    return _apply_template(
+        tok,
+        req.messages,
+        req.tools,
+        required=required,
+        documents=req.documents,
+        template_kwargs=req.template_kwargs,
+    )
+
+
+def render_tokenize_chat(tok: Any, req: TokenizeRequest) -> str:
+    """/tokenize's chat, rendered exactly as a chat request would be (tool turns included), so it
+    counts the tokens generation would see."""
+    assert req.messages is not None
+    return _apply_template(
+        tok,
+        req.messages,
+        (),
+        add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+        continue_final_message=req.continue_final_message,
+    )
+
+
+def _apply_template(
+    tok: Any,
+    messages: Sequence[Message],
+    tools: Sequence[ToolDef],
+    *,
+    required: bool = False,
+    documents: Sequence[Any] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> str:
+    """The one way this backend renders a conversation."""
+    native = "tools" in str(getattr(tok, "chat_template", "") or "")
+    dicts = tl.template_messages(messages, tools, native=native, required=required)
+    try:
+        return str(
+            tok.apply_chat_template(
+                dicts,
+                tools=tl.openai_tools(tools) if tools and native else None,
+                documents=None if documents is None else list(documents),
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **(template_kwargs or {}),
+            )
+        )
+    except Exception as exc:
+        message = f"the model's chat template rejected the messages: {describe(exc)}"
+        raise InvalidRequest(message, param="messages") from None
 
 
 def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) -> Any:

@@ -12,9 +12,10 @@ from backends.base import Backend
 from server.http.auth import ApiKeyMiddleware
 from server.http.errors import install_error_handlers
 from server.http.middleware import BodyLimitMiddleware, DisconnectMiddleware, RequestIdMiddleware
-from server.routes import completions, embeddings, health, metrics, models, tokenize
+from server.routes import completions, embeddings, health, metrics, models, playground, tokenize
 from server.runtime.metrics import Metrics
 from server.runtime.pool import ModelPool
+from server.runtime.residency import Resident
 from server.settings import Settings
 
 
@@ -41,12 +42,17 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         # Read at scrape time: the pool exists once the lifespan has started.
         return getattr(app.state, "pool", None) or ()
 
-    app.state.metrics = Metrics(served)
+    def residents() -> Iterable[Resident]:
+        current = getattr(app.state, "pool", None)
+        return current.residents() if current is not None else ()
+
+    app.state.metrics = Metrics(served, residents)
     install_error_handlers(app)
     # Added innermost first: CORS -> request id -> API key -> body limit -> disconnect -> routes.
     app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=settings.open_paths)
+    open_paths = settings.open_paths + (playground.PLAYGROUND_PATHS if settings.playground else ())
+    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), open_paths=open_paths)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -58,4 +64,6 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
         )
     for routes in (health, completions, models, embeddings, tokenize, metrics):
         app.include_router(routes.router)
+    if settings.playground:
+        app.include_router(playground.router)
     return app

@@ -1,10 +1,11 @@
-"""One OpenAI choice assembled from engine chunks: content, tool calls, logprobs, finish reason."""
+"""One OpenAI choice assembled from engine chunks: content, reasoning, tool calls, logprobs,
+finish reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.tools import ToolCallParser
+from backends.call_parser import CallParser
 from backends.types import GenerationChunk, TokenLogprob, ToolCall, Usage
 
 
@@ -13,19 +14,26 @@ class Delta:
     """What one engine chunk adds to a choice, in the client's terms."""
 
     text: str = ""
+    reasoning: str = ""
     calls: list[ToolCall] = field(default_factory=list)
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: str | None = None
 
 
 class ChoiceState:
-    """Feeds engine chunks through the tool-call parser (when tools may be called) and keeps the
+    """Feeds engine chunks through the model family's tool-call parser (when tools may be called,
+    see ``backends.call_parser``) and keeps the
     totals a non-streamed response needs. ``prefix`` is text shown before the generation
     (completions' ``echo``)."""
 
-    def __init__(self, index: int, tool_names: frozenset[str] = frozenset(), prefix: str = "") -> None:
+    def __init__(
+        self, index: int, parser: CallParser | None = None, prefix: str = "", *, include_reasoning: bool = True
+    ) -> None:
         self.index = index
-        self._parser = ToolCallParser(tool_names) if tool_names else None
+        # False (vLLM's include_reasoning): the reasoning is left out of the response.
+        self._include_reasoning = include_reasoning
+        self.reasoning: list[str] = []
+        self._parser = parser
         self._prefix = prefix
         self.text: list[str] = []
         self.calls: list[ToolCall] = []
@@ -49,10 +57,12 @@ class ChoiceState:
             if finish == "stop" and (self.calls or calls):
                 finish = "tool_calls"
             self.finish_reason, self.usage = finish, chunk.usage
+        reasoning = chunk.reasoning if self._include_reasoning else ""
         self.text.append(text)
+        self.reasoning.append(reasoning)
         self.calls.extend(calls)
         self.logprobs.extend(chunk.logprobs)
-        return Delta(text, calls, chunk.logprobs, finish)
+        return Delta(text, reasoning, calls, chunk.logprobs, finish)
 
 
 def total_usage(states: list[ChoiceState], n: int = 1) -> Usage | None:

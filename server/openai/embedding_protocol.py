@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from backends.checks import is_unicode
 from backends.embeddings import EmbeddingInput
 from server.openai.protocol import StrictModel
+from server.runtime.keep_alive import KeepAlive
 
 # OpenAI's own limit on inputs in one embeddings request.
 MAX_EMBEDDING_INPUTS = 2048
@@ -21,6 +22,7 @@ class EmbeddingBody(StrictModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None  # accepted, as OpenAI does; nothing to do with it locally
+    keep_alive: KeepAlive | None = None  # Ollama's: how long the model stays loaded afterwards
 
     @field_validator("input")
     @classmethod

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from jsonschema import Draft202012Validator, SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.runtime.keep_alive import KeepAlive
+
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000
 
@@ -118,6 +120,9 @@ class ChatMessage(StrictModel):
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    # An earlier assistant turn's reasoning, as vLLM and llama-server return it (and take it back).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _tool_fields(self) -> ChatMessage:
@@ -126,6 +131,9 @@ class ChatMessage(StrictModel):
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         return self
+
+    def reasoning_text(self) -> str | None:
+        return self.reasoning_content if self.reasoning_content is not None else self.reasoning
 
     def text(self) -> str:
         if self.content is None:
@@ -160,6 +168,8 @@ class _SamplingFields(StrictModel):
     n: int | None = Field(default=None, ge=1, le=128)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
+    # Ollama's: how long the model stays loaded after this request ("5m", seconds, 0, -1).
+    keep_alive: KeepAlive | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -203,6 +213,15 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Extensions vLLM and llama-server clients send: extra chat-template variables
+    # (e.g. {"enable_thinking": false}), documents for RAG templates, and whether the model's
+    # reasoning comes back apart (llama-server's reasoning_format, vLLM's include_reasoning).
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    reasoning_format: Literal["auto", "deepseek", "deepseek-legacy", "none"] | None = None
+    include_reasoning: bool | None = None
+    # llama-server's extension: a GBNF grammar the output must match.
+    grammar: str | None = Field(default=None, min_length=1, max_length=100_000)
     # Declared so they can be refused by name (never silently ignored).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None

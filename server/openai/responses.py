@@ -45,6 +45,12 @@ def _legacy_logprobs(entries: Sequence[TokenLogprob], offset: int) -> dict[str, 
     }
 
 
+def _reasoning(text: str) -> dict[str, str]:
+    # llama-server (and DeepSeek's API) name it reasoning_content; vLLM has since renamed it
+    # reasoning. Both, so clients of either read it.
+    return {"reasoning_content": text, "reasoning": text}
+
+
 def _call_dict(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
@@ -81,6 +87,10 @@ class ResponseRenderer:
         """The chunks one delta becomes: content (with its logprobs), each tool call as a header
         chunk (id, name) then its arguments, as OpenAI streams them, then the finish."""
         out: list[dict[str, Any]] = []
+        if delta.reasoning and self.chat:
+            delta_body = _reasoning(delta.reasoning)
+            choice = {"index": state.index, "delta": delta_body, "logprobs": None, "finish_reason": None}
+            out.append(self._envelope([choice], include_usage))
         if delta.text or delta.logprobs:
             if self.chat:
                 lp = {"content": [_chat_logprob(x) for x in delta.logprobs], "refusal": None} if self.logprobs else None
@@ -132,6 +142,9 @@ class ResponseRenderer:
             legacy = _legacy_logprobs(s.logprobs, 0) if self.logprobs else None
             return {"index": s.index, "text": text, "logprobs": legacy, "finish_reason": s.finish_reason}
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        reasoning = "".join(s.reasoning)
+        if reasoning:
+            message.update(_reasoning(reasoning))
         if s.calls:
             # OpenAI sends null content with tool calls unless the model also wrote text.
             message["content"] = text.strip() or None

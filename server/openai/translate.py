@@ -6,10 +6,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from backends.chat_template import RESERVED
 from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.types import (
     Constraint,
     GenerationRequest,
+    GrammarConstraint,
     JsonConstraint,
     Message,
     SamplingParams,
@@ -127,7 +129,7 @@ def chat_request(
         # "developer" is OpenAI's newer name for the system role; templates know "system".
         role = "system" if msg.role == "developer" else msg.role
         calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in msg.tool_calls or ())
-        messages.append(Message(role, msg.text(), msg.name, calls, msg.tool_call_id))
+        messages.append(Message(role, msg.text(), msg.name, calls, msg.tool_call_id, msg.reasoning_text()))
     tools, constraint = _tools_and_constraint(req)
     return GenerationRequest(
         request_id=request_id,
@@ -139,22 +141,39 @@ def chat_request(
         queue_timeout_s=limits.queue_timeout_s,
         tools=tools,
         constraint=constraint,
+        template_kwargs=_template_kwargs(req.chat_template_kwargs),
+        documents=None if req.documents is None else tuple(req.documents),
+        split_reasoning=req.reasoning_format != "none",
     )
+
+
+def _template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    clash = sorted(RESERVED.intersection(kwargs or {}))
+    if clash:
+        raise InvalidRequest(
+            f"chat_template_kwargs may not set {', '.join(clash)}: send those as request fields.",
+            param="chat_template_kwargs",
+        )
+    return dict(kwargs or {})
 
 
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:
     """The tools the prompt shows and the output constraint, per OpenAI's tool_choice rules."""
     fmt = req.response_format
-    json_constraint: Constraint | None = None
+    output_constraint: Constraint | None = None
     if isinstance(fmt, JsonObjectFormat):
-        json_constraint = JsonConstraint()
+        output_constraint = JsonConstraint()
     elif isinstance(fmt, JsonSchemaResponseFormat):
-        json_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+        output_constraint = JsonConstraint(fmt.json_schema.schema_ or {"type": "object"})
+    if req.grammar is not None:
+        if output_constraint is not None:
+            raise InvalidRequest("grammar and response_format cannot be combined; send one.", param="grammar")
+        output_constraint = GrammarConstraint(req.grammar)
     choice = req.tool_choice
     if not req.tools:
         if choice is not None and choice != "none":
             raise InvalidRequest("tool_choice is only allowed when tools are given.", param="tool_choice")
-        return (), json_constraint
+        return (), output_constraint
     defs = tuple(
         ToolDef(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
         for t in req.tools
@@ -163,10 +182,11 @@ def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ..
     if len(set(names)) != len(names):
         raise InvalidRequest("tools must have distinct function names.", param="tools")
     if choice == "none":
-        return (), json_constraint  # OpenAI: the model will not call a tool, so it need not see them
-    if json_constraint is not None:
+        return (), output_constraint  # OpenAI: the model will not call a tool, so it need not see them
+    if output_constraint is not None:
         raise UnsupportedParameter(
-            "response_format cannot be combined with tools that may be called; use tool_choice 'none' or drop one.",
+            "response_format (or grammar) cannot be combined with tools that may be called; "
+            "use tool_choice 'none' or drop one.",
             param="response_format",
         )
     parallel = req.parallel_tool_calls is not False

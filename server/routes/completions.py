@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from backends.base import Backend
+from backends.call_parser import call_parser
 from backends.errors import InvalidRequest
-from backends.types import GenerationRequest
+from backends.types import GenerationRequest, ToolCallConstraint
 from server.http.deps import RequestId, get_pool, get_settings
 from server.openai.choices import ChoiceState
 from server.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -21,6 +22,7 @@ from server.runtime.deadline import with_deadline
 from server.runtime.metrics import Metrics, get_metrics
 from server.runtime.observe import observe
 from server.runtime.pool import ModelPool
+from server.runtime.residency import Lease
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -37,7 +39,27 @@ async def _generate(
     metrics: Metrics,
     request_id: str,
 ) -> Response:
-    backend = pool.serving(body.model)  # 503 while the model's engine is down or restarting
+    # Loads the model first when it is not loaded; 503 while its engine is down or restarting.
+    lease = await pool.acquire(body.model, body.keep_alive)
+    handed_over = False
+    try:
+        response = await _respond(body, lease, pool, settings, metrics, request_id)
+        handed_over = isinstance(response, EventSourceResponse)
+        return response
+    finally:
+        if not handed_over:  # a stream releases the model when it ends
+            lease.release()
+
+
+async def _respond(
+    body: ChatCompletionRequest | CompletionRequest,
+    lease: Lease,
+    pool: ModelPool,
+    settings: Settings,
+    metrics: Metrics,
+    request_id: str,
+) -> Response:
+    backend = lease.backend
     limits = pool.limits(body.model)
     chat = isinstance(body, ChatCompletionRequest)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
@@ -67,13 +89,23 @@ async def _generate(
         for r in choices(req, n)
     ]
     gens = await start_all(streams)
-    tool_names = frozenset(t.name for t in reqs[0].tools) if reqs[0].constraint is not None else frozenset()
-    states = [ChoiceState(i, tool_names, prefixes[i // n]) for i in range(len(gens))]
+    calls = isinstance(reqs[0].constraint, ToolCallConstraint)
+    fmt = backend.call_format()
+    include_reasoning = not isinstance(body, ChatCompletionRequest) or body.include_reasoning is not False
+    states = [
+        ChoiceState(
+            i,
+            call_parser(fmt, reqs[0].tools) if calls else None,
+            prefixes[i // n],
+            include_reasoning=include_reasoning,
+        )
+        for i in range(len(gens))
+    ]
     if not body.stream:
         return JSONResponse(await fold(gens, states, shape, n))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventSourceResponse(
-        sse_events(gens, states, shape, include_usage=include_usage, n=n),
+        lease.hold(sse_events(gens, states, shape, include_usage=include_usage, n=n)),
         ping=int(max(1, settings.sse_ping_seconds)),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from backends.base import Backend
 from backends.embeddings import EmbeddingRequest
 from server.http.deps import RequestId, get_pool
 from server.http.errors import classify
@@ -27,7 +28,17 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingBody, pool: Pool, metrics: AppMetrics, request_id: RequestId) -> JSONResponse:
-    backend = pool.serving(body.model)  # 503 naming why while the model's engine is down
+    # Loads the model when it is not loaded; 503 naming why while its engine is down.
+    lease = await pool.acquire(body.model, body.keep_alive)
+    try:
+        return await _embed(body, lease.backend, pool, metrics, request_id)
+    finally:
+        lease.release()
+
+
+async def _embed(
+    body: EmbeddingBody, backend: Backend, pool: ModelPool, metrics: Metrics, request_id: str
+) -> JSONResponse:
     limits = pool.limits(body.model)
     req = EmbeddingRequest(
         request_id=f"embd-{request_id}",

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from backends.base import Backend
+from server.runtime.residency import Resident
 
 MODEL_LABELS = ("model", "backend")
 REQUEST_LABELS = (*MODEL_LABELS, "endpoint", "status", "finish_reason")
@@ -95,10 +96,64 @@ class EngineCollector(Collector):
         yield from (running, waiting, kv, info)
 
 
+class ResidencyCollector(Collector):
+    """Model loading and unloading, read from the pool's residency records at scrape time."""
+
+    def __init__(self, residents: Callable[[], Iterable[Resident]]) -> None:
+        self._residents = residents
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily("quantserve_models_loaded", "Models loaded now.")
+        state = GaugeMetricFamily(
+            "quantserve_model_loaded", "1 while the model is loaded, else 0.", labels=(*MODEL_LABELS, "state")
+        )
+        loads = CounterMetricFamily("quantserve_model_loads", "Completed model loads.", labels=MODEL_LABELS)
+        load_s = CounterMetricFamily(
+            "quantserve_model_load_seconds", "Time spent loading the model (sum over loads).", labels=MODEL_LABELS
+        )
+        last_load = GaugeMetricFamily(
+            "quantserve_model_last_load_seconds", "How long the model's last load took.", labels=MODEL_LABELS
+        )
+        evictions = CounterMetricFamily(
+            "quantserve_model_evictions",
+            "Times the idle model was unloaded to make room for another (max_loaded_models or memory).",
+            labels=MODEL_LABELS,
+        )
+        unloads = CounterMetricFamily(
+            "quantserve_model_unloads",
+            "Unloads by reason: keep_alive (idle), evicted (room for another), operator.",
+            labels=(*MODEL_LABELS, "reason"),
+        )
+        waits = CounterMetricFamily(
+            "quantserve_model_load_waits", "Requests that had to wait for their model to load.", labels=MODEL_LABELS
+        )
+        waiting = GaugeMetricFamily(
+            "quantserve_requests_waiting_for_load", "Requests waiting now for their model to load.", labels=MODEL_LABELS
+        )
+        count = 0
+        for r in self._residents():
+            labels = [r.model_id, r.backend.name]
+            count += r.state == "loaded"
+            state.add_metric([*labels, r.state], 1.0 if r.state == "loaded" else 0.0)
+            loads.add_metric(labels, r.loads)
+            load_s.add_metric(labels, r.load_seconds)
+            if r.last_load_s is not None:
+                last_load.add_metric(labels, r.last_load_s)
+            evictions.add_metric(labels, r.evictions)
+            for reason, n in sorted(r.unloads.items()):
+                unloads.add_metric([*labels, reason], n)
+            waits.add_metric(labels, r.load_waits)
+            waiting.add_metric(labels, r.waiting)
+        loaded.add_metric([], count)
+        yield from (loaded, state, loads, load_s, last_load, evictions, unloads, waits, waiting)
+
+
 class Metrics:
     """The app's registry and the per-request instruments ``server.runtime.observe`` records into."""
 
-    def __init__(self, backends: Callable[[], Iterable[Backend]]) -> None:
+    def __init__(
+        self, backends: Callable[[], Iterable[Backend]], residents: Callable[[], Iterable[Resident]] = tuple
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -149,6 +204,7 @@ class Metrics:
             registry=r,
         )
         r.register(EngineCollector(backends))
+        r.register(ResidencyCollector(residents))
         # Observed streams in flight per model (server.runtime.observe), to know when one ran alone.
         self.in_flight: dict[str, int] = {}
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,28 +56,40 @@ def describe(exc: BaseException) -> str:
 
 
 class Supervisor:
+    """Watches the models it is told are loaded (``watch``), never the ones that are not: a
+    model unloaded on purpose is not a dead engine."""
+
     def __init__(self, backends: Mapping[str, Backend], policy: RestartPolicy) -> None:
         self._backends = backends
         self._policy = policy
         now = time.monotonic()
         self._health = {model_id: ModelHealth(healthy_since=now) for model_id in backends}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self) -> None:
-        """Start watching (call from the event loop that serves the requests)."""
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._watch(model_id, backend), name=f"supervise-{model_id}")
-                for model_id, backend in self._backends.items()
-            ]
+    def start(self, model_ids: Iterable[str] | None = None) -> None:
+        """Start watching these models (default: all; call from the event loop that serves the requests)."""
+        for model_id in self._backends if model_ids is None else model_ids:
+            self.watch(model_id)
 
-    async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
+    def watch(self, model_id: str) -> None:
+        """Watch a model that has just been loaded, with a fresh restart budget."""
+        if model_id not in self._tasks:
+            self._health[model_id] = ModelHealth(healthy_since=time.monotonic())
+            backend = self._backends[model_id]
+            self._tasks[model_id] = asyncio.create_task(self._watch(model_id, backend), name=f"supervise-{model_id}")
+
+    async def unwatch(self, model_id: str) -> None:
+        """Stop watching a model about to be unloaded (a restart under way is abandoned)."""
+        task = self._tasks.pop(model_id, None)
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._health[model_id] = ModelHealth(healthy_since=time.monotonic())
+
+    async def stop(self) -> None:
+        for model_id in list(self._tasks):
+            await self.unwatch(model_id)
 
     def unavailable(self, model_id: str) -> str | None:
         """Why the model cannot serve now (restarting or given up), or None."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,18 @@ def test_a_file_that_is_not_a_model_fails_to_load_cleanly(tmp_path: Path) -> Non
     result = run_serve("--model", str(fake))
     assert result.returncode == 1
     assert "llama.cpp could not load broken.gguf" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_chat_template_that_does_not_compile_fails_naming_the_model(tmp_path: Path, model_path: Path) -> None:
+    config = tmp_path / "bad-template.yaml"
+    template = "{% for m in messages %}{{ m.content }}{% endfor"  # unclosed tag
+    config.write_text(
+        f"models:\n  - id: broken-template\n    path: {model_path}\n    options: {{chat_template: '{template}'}}\n"
+    )
+    result = run_serve("--config", str(config))
+    assert result.returncode == 1
+    assert "model 'broken-template': its chat template does not compile (line 1:" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -78,3 +91,26 @@ def test_serve_model_path_and_two_models_from_config(tmp_path: Path, model_path:
         assert ids == [model_path.name.removesuffix(".gguf")]
     finally:
         srv.stop()
+
+
+def test_ps_lists_the_loaded_models_of_a_running_server(server: Server) -> None:
+    def ps(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server", "ps", "--url", server.base_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    auth = {"Authorization": "Bearer sk-test"}
+    for _ in range(300):  # the memory estimate is read in the background after start-up
+        if httpx.get(f"{server.base_url}/v1/models", headers=auth).json()["data"][0]["status"]["memory_bytes"]:
+            break
+        time.sleep(0.1)
+    shown = ps("--api-key", "sk-test")
+    assert shown.returncode == 0, shown.stderr
+    header, row = (line.split() for line in shown.stdout.splitlines())
+    assert header == ["MODEL", "STATE", "MEMORY", "RUN/WAIT", "IDLE", "UNLOADS", "IN"]
+    assert row[:2] == ["smollm2-135m-instruct", "loaded"] and row[3] == "MiB" and row[-1] == "forever"
+    refused = ps()  # no key: the server's 401, said in one line
+    assert refused.returncode == 1 and "answered 401" in refused.stderr and "Traceback" not in refused.stderr

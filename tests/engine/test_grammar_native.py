@@ -8,30 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
-import pytest
 
 from backends.llama_cpp import grammar as gr
 from backends.types import JsonConstraint, ToolCallConstraint, ToolDef
 
 WEATHER = ToolDef("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}})
-
-
-@pytest.fixture(scope="module")
-def vocab(model_path: Path) -> Iterator[Any]:
-    lc.llama_backend_init()
-    params = lc.llama_model_default_params()
-    params.vocab_only = True
-    model = lc.llama_model_load_from_file(str(model_path).encode(), params)
-    assert model
-    try:
-        yield lc.llama_model_get_vocab(model)
-    finally:
-        lc.llama_model_free(model)
 
 
 def tokens(vocab: Any, text: str) -> list[int]:

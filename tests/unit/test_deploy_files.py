@@ -14,31 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 import yaml
 
-ROOT = Path(__file__).parents[2]
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+from server.cli import main as cli
+from server.settings import Settings
+from tests.deploy_files import (
+    COMPOSE,
+    ROOT,
+    SERVICES,
+    STAGES,
+    dockerfile_instructions,
+    install_sh_cmake_args,
+    pinned_llama_cpp,
+    seconds,
+)
+
 DASHBOARD: dict[str, Any] = json.loads((ROOT / "configs/grafana/dashboards/quantserve.json").read_text())
-
-
-def dockerfile_stages() -> dict[str, list[str]]:
-    """Stage name -> its instructions (continuation lines joined, comments dropped)."""
-    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
-    stages: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)$", line, re.IGNORECASE)
-        if match:
-            current = stages.setdefault(match[1], [])
-        current.append(line)
-    return stages
-
-
-STAGES = dockerfile_stages()
 
 
 def env_value(stage: str, name: str) -> str:
@@ -47,19 +39,6 @@ def env_value(stage: str, name: str) -> str:
     ]
     assert len(values) == 1, f"{stage}: {name} set {len(values)} times"
     return values[0]
-
-
-def pinned_llama_cpp() -> str:
-    # A regex, not tomllib: the project supports Python 3.10.
-    pins = re.findall(r'"(llama-cpp-python[^"]*)"', (ROOT / "pyproject.toml").read_text())
-    assert len(pins) == 1 and re.fullmatch(r"llama-cpp-python==[\d.]+", pins[0]), pins
-    return str(pins[0])
-
-
-def install_sh_cmake_args() -> str:
-    match = re.search(r'CMAKE_ARGS="\$\{CMAKE_ARGS:-([^}]*)\}"', (ROOT / "scripts/install.sh").read_text())
-    assert match, "scripts/install.sh no longer sets a default CMAKE_ARGS"
-    return match[1]
 
 
 def test_compose_has_the_four_services() -> None:
@@ -129,12 +108,23 @@ def test_grafana_provisioning_matches_compose_and_dashboard() -> None:
     assert (
         str(home.parent) == env["QUANTSERVE_DASHBOARDS"] and (ROOT / "configs/grafana/dashboards" / home.name).is_file()
     )
-    used = {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in p["targets"]}
-    assert used == {source["uid"]}, "every panel must use the provisioned datasource"
+    assert source["type"] == "prometheus" and source["isDefault"], "the dashboard's DS_PROMETHEUS picks the default"
+
+
+def test_dashboard_imports_by_hand_and_by_provisioning() -> None:
+    # No hard-coded datasource uid: a hand import asks for the DS_PROMETHEUS input; provisioned,
+    # the DS_PROMETHEUS variable resolves to the default Prometheus datasource.
+    (wanted,) = DASHBOARD["__inputs"]
+    assert wanted["name"] == "DS_PROMETHEUS" and wanted["pluginId"] == "prometheus"
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    users = list(DASHBOARD["panels"]) + [t for p in DASHBOARD["panels"] for t in p["targets"]]
+    users += [v for v in variables.values() if v["type"] == "query"]
+    assert {u["datasource"]["uid"] for u in users} == {"${DS_PROMETHEUS}"}
 
 
 def test_dashboard_has_the_issue_panels_per_model() -> None:
-    (variable,) = DASHBOARD["templating"]["list"]
+    (variable,) = [v for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
     assert variable["name"] == "model" and "quantserve_model_info" in variable["query"]["query"]
     exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in DASHBOARD["panels"]}
     wanted = {
@@ -198,3 +188,54 @@ def test_dockerfile_copies_only_what_exists() -> None:
                 *sources, _dest = line.split()[1:]
                 for source in sources:
                     assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def runtime_lines(stage: str, instruction: str) -> list[str]:
+    return [line[len(instruction) + 1 :] for line in STAGES[stage] if line.startswith(instruction + " ")]
+
+
+def test_gpu_image_offloads_with_a_flag_serve_accepts() -> None:
+    (cmd,) = runtime_lines("cuda", "CMD")
+    args = json.loads(cmd)
+    assert args == ["--n-gpu-layers", "auto"], "the GPU image must not serve on the CPU by default"
+    serve = typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
+    accepted = {opt for param in serve.params for opt in param.opts}
+    assert {a for a in args if a.startswith("--")} <= accepted, f"`quantserve serve` lacks {args[0]}"
+    assert not runtime_lines("cpu", "CMD"), "the cpu image serves with the server's defaults"
+
+
+@pytest.mark.parametrize("stage", ["cpu", "cuda"])
+def test_hugging_face_cache_lives_in_the_models_volume(stage: str) -> None:
+    (env,) = [line for line in runtime_lines(stage, "ENV") if "HF_HOME=" in line]
+    home = re.search(r"HF_HOME=(\S+)", env)
+    assert home and Path(home[1]).is_relative_to("/models"), "downloads would not survive a new container"
+
+
+def test_build_context_holds_only_what_the_images_copy() -> None:
+    # .dockerignore is an allow-list: .env files, keys and caches never reach a build layer.
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {ln[1:] for ln in rules if ln.startswith("!")}
+    copied = {
+        source
+        for lines_ in STAGES.values()
+        for line in lines_
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    assert allowed == copied
+
+
+def test_no_secret_is_baked_into_a_layer() -> None:
+    # Build args and ENV values end up in the image's history: keys come at run time, never here.
+    lines = [line for line in dockerfile_instructions() if line.startswith(("ARG ", "ENV "))]  # global ARGs too
+    names = {name for line in lines for name in re.findall(r"\b([A-Z][A-Z0-9_]*)(?==|\s|$)", line[4:])}
+    assert {"WHEELHOUSE", "PYTHON_IMAGE", "QUANTSERVE_PORT"} <= names
+    assert not {n for n in names if re.search(r"TOKEN|SECRET|PASSWORD|API_KEY|CREDENTIAL", n)}
+
+
+@pytest.mark.parametrize("name", ["quantserve", "quantserve-cpu"])
+def test_compose_waits_out_the_shutdown_grace_before_killing(name: str) -> None:
+    # uvicorn is given shutdown_grace_s + 5 s to drain (server/cli/main.py); SIGKILL must come later.
+    assert seconds(SERVICES[name]["stop_grace_period"]) >= Settings().shutdown_grace_s + 5

@@ -1,0 +1,72 @@
+"""Tool calls in each family's own syntax, end to end on the real SmolLM2 GGUF: the template names
+the family (as the real ones do, read by backends.chat_format), the grammar makes SmolLM2 write
+that family's calls, and they come back as OpenAI tool_calls, streamed and not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import httpx
+import pytest
+
+from backends.chat_format import DEEPSEEK_CALLS
+from server.settings import Settings
+from tests.api.helpers import chat_body, parse_sse
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+# SmolLM2's own layout; the comment carries what the family's real template contains.
+LAYOUT = (
+    "{#- FAMILY -#}"
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FAMILIES = {
+    "llama3_json": "<|start_header_id|>ipython<|end_header_id|>",
+    "mistral": "[TOOL_CALLS]",
+    "mistral_nemo": "[TOOL_CALLS][",
+    "deepseek_v3_1": DEEPSEEK_CALLS,
+    "granite": "<|tool_call|>",
+    "functionary_v3_1": "<|start_header_id|><function=",
+    "harmony": "<|channel|><|message|>",
+    "qwen3_coder": "<tool_call><function=<parameter=",
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+async def test_calls_in_the_familys_syntax_come_back_as_tool_calls(
+    family: str, app_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    template = LAYOUT.replace("FAMILY", FAMILIES[family])
+    async with app_client(make_settings({"n_ctx": 1024, "chat_template": template})) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        assert app.state.pool.get("smollm2-135m-instruct").call_format().name == family
+        body = chat_body(messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=60)
+        resp = await client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        choice = resp.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls", choice
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+        assert choice["message"]["content"] is None
+
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        deltas = [e["choices"][0]["delta"] for e in parse_sse(streamed.text)[:-1] if e["choices"]]
+        parts = [p for d in deltas for p in d.get("tool_calls", [])]
+        assert parts[0]["function"]["name"] == "get_weather"
+        assert "".join(p["function"]["arguments"] for p in parts) == call["function"]["arguments"]
+        assert not "".join(d.get("content") or "" for d in deltas)
