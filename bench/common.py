@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -24,19 +25,27 @@ def free_port() -> int:
 class QuantserveProcess:
     """``quantserve serve --config FILE`` on a free port, until ``close``."""
 
-    def __init__(self, config_text: str, workdir: Path, ready_timeout: float = 300) -> None:
+    def __init__(
+        self,
+        config_text: str,
+        workdir: Path,
+        ready_timeout: float = 300,
+        env: dict[str, str] | None = None,
+        name: str = "bench",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = workdir / "bench-config.yaml"
+        config = workdir / f"{name}-config.yaml"
         config.write_text(config_text)
-        self._log = (workdir / "bench-server.log").open("wb")
+        self._log_path = workdir / f"{name}-server.log"
+        self._log = self._log_path.open("wb")
         cmd = [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--config", str(config)]
         cmd += ["--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"quantserve exited early, see {workdir / 'bench-server.log'}")
+                raise RuntimeError(f"quantserve exited early, see {self._log_path}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
                     return

@@ -4,9 +4,19 @@
         [--system llama-cpp-python=http://127.0.0.1:8001] [--clients 1,4,8,16] [--tokens 128]
 
 Every system gets the same load: C concurrent clients, each streaming ``--rounds`` chat
-completions of ``--tokens`` tokens (greedy, include_usage). The table shows aggregate generated
-tokens/s, time to first token and inter-chunk latency (p50/p95), each as a ratio to llama-server
-measured in the same run (issue 5 targets: >= 0.9x tokens/s at 8 clients, TTFT p95 <= 1.5x).
+completions of ``--tokens`` tokens (include_usage), once per ``--modes`` entry: "greedy"
+(temperature 0) and "sampled" (no sampling field at all: each server's own default, which is
+llama-server's top_k 40 / top_p 0.95 / min_p 0.05 / temperature 0.8 chain and OpenAI's full
+distribution at temperature 1 for quantserve). The table shows aggregate generated tokens/s and
+inter-chunk latency p50 of every system, and each quantserve's tokens/s as a ratio to the best
+llama-server configuration and to llama-server's default one, all measured in the same run.
+``--detail`` adds the full per-system table (TTFT and ITL p50/p95 as ratios to llama-server).
+
+``--llama-server-variants default,backend-sampling`` starts llama-server twice, without and with
+``--backend-sampling`` (the sampler chain inside the decode graph); ``--quantserve-samplers
+numpy,backend`` starts quantserve once per sampling route (``QUANTSERVE_LLAMA_SAMPLER``).
+``--gpu-layers`` offloads on both (``-ngl`` / ``n_gpu_layers``); ``--llama-server-bin`` uses a
+llama-server built elsewhere (scripts/gpu-bench.sh builds one for CUDA).
 
 Systems come from ``--system NAME=BASE_URL`` (already running) or are started here on the same
 GGUF and thread count: ``--start-llama-server`` builds llama-server once from the llama.cpp sources
@@ -74,15 +84,23 @@ def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[str]:
             proc.wait(timeout=60)
 
 
+LLAMA_SERVER_VARIANTS = {"default": (REFERENCE, []), "backend-sampling": (f"{REFERENCE} -bs", ["--backend-sampling"])}
+
+
 def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> dict[str, str]:
     systems: dict[str, str] = {}
     threads, ctx, par = str(args.threads), args.n_ctx, args.parallel
     if args.start_llama_server:
-        port = free_port()
-        cmd = [str(build_tool("llama-server")), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["-t", threads, "-tb", threads, "--parallel", str(par), "-c", str(ctx * par), "-b", str(args.n_batch)]
-        cmd += ["-ub", str(args.n_batch), "-fa", "on" if args.flash_attn else "off", "--no-webui"]
-        systems[REFERENCE] = stack.enter_context(process(REFERENCE, cmd, f"http://127.0.0.1:{port}", logdir))
+        binary = args.llama_server_bin or build_tool("llama-server")
+        for variant in args.llama_server_variants.split(","):
+            name, extra = LLAMA_SERVER_VARIANTS[variant]
+            port = free_port()
+            cmd = [str(binary), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port)]
+            cmd += ["-t", threads, "-tb", threads, "--parallel", str(par), "-c", str(ctx * par)]
+            cmd += ["-b", str(args.n_batch), "-ub", str(args.n_batch), "-fa", "on" if args.flash_attn else "off"]
+            cmd += ["-ngl", str(args.gpu_layers), "--no-webui", *extra]
+            url = f"http://127.0.0.1:{port}"
+            systems[name] = stack.enter_context(process(name.replace(" ", ""), cmd, url, logdir))
     if args.start_llama_cpp_python:
         port = free_port()
         cmd = [args.lcp_python, "-m", "llama_cpp.server", "--model", str(args.model), "--host", "127.0.0.1"]
@@ -93,13 +111,19 @@ def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> d
         # The same slot count as llama-server's --parallel: both get parallel x n_ctx cells.
         opts = {"n_ctx": ctx, "n_threads": args.threads, "n_batch": args.n_batch, "flash_attn": args.flash_attn}
         opts["parallel"] = par
+        if args.gpu_layers:
+            opts["n_gpu_layers"] = args.gpu_layers
         opts.update(json.loads(args.quantserve_options))
         config = (
             f"models:\n  - id: bench\n    path: {args.model}\n    backend: llama_cpp\n    options: {json.dumps(opts)}\n"
         )
-        server = QuantserveProcess(config, logdir)
-        stack.callback(server.close)
-        systems["quantserve"] = server.url
+        samplers = args.quantserve_samplers.split(",")
+        for sampler in samplers:
+            name = "quantserve" if len(samplers) == 1 else f"quantserve/{sampler}"
+            env = {} if sampler == "auto" else {"QUANTSERVE_LLAMA_SAMPLER": sampler}
+            server = QuantserveProcess(config, logdir, env=env, name=name.replace("/", "-"))
+            stack.callback(server.close)
+            systems[name] = server.url
     for spec in args.system:
         name, _, url = spec.partition("=")
         systems[name] = url.rstrip("/")
@@ -117,15 +141,18 @@ class Stream:
     failed: bool = False  # the server cut the stream or answered an error
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int) -> Stream:
-    body = {
+async def one_stream(
+    client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int, mode: str = "greedy"
+) -> Stream:
+    body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "user", "content": f"Write a long story about {topic}."}],
         "max_tokens": tokens,
-        "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if mode == "greedy":
+        body["temperature"] = 0
     result, chunks = Stream(), 0
     start = last = time.perf_counter()
     try:
@@ -151,7 +178,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, topic: str
     return result
 
 
-async def run_level(url: str, clients: int, tokens: int, rounds: int) -> tuple[float, list[Stream]]:
+async def run_level(url: str, clients: int, tokens: int, rounds: int, mode: str) -> tuple[float, list[Stream]]:
     """``clients`` concurrent clients, ``rounds`` requests each; returns (aggregate tokens/s, streams)."""
     # A fresh connection per request: llama-server's HTTP library drops idle keep-alive
     # connections after a stream, which httpx would otherwise reuse and see fail.
@@ -161,7 +188,8 @@ async def run_level(url: str, clients: int, tokens: int, rounds: int) -> tuple[f
         await one_stream(client, url, model, "a warm-up", 8)
 
         async def worker(i: int) -> list[Stream]:
-            return [await one_stream(client, url, model, TOPICS[(i + r) % len(TOPICS)], tokens) for r in range(rounds)]
+            topics = [TOPICS[(i + r) % len(TOPICS)] for r in range(rounds)]
+            return [await one_stream(client, url, model, topic, tokens, mode) for topic in topics]
 
         start = time.perf_counter()
         per_client = await asyncio.gather(*(worker(i) for i in range(clients)))
@@ -211,6 +239,33 @@ def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_ratios(results: dict[str, dict[str, dict[int, dict[str, float]]]]) -> str:
+    """One row per (mode, clients): every system's tok/s (ITL p50), then each quantserve's ratios."""
+    first = next(iter(results.values()))
+    names = list(first)
+    refs = [n for n in names if n.startswith(REFERENCE)]
+    ours = [n for n in names if n.startswith("quantserve")]
+    head = ["mode", "clients", *(f"{n} tok/s (ITL p50)" for n in names)]
+    for n in ours:
+        head += [f"{n} / best llama-server", f"{n} / {REFERENCE}"] if len(refs) > 1 else [f"{n} / {REFERENCE}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode, systems in results.items():
+        for clients in systems[names[0]]:
+            rows = {n: systems[n][clients] for n in names}
+            cells = [mode, str(clients)]
+            cells += [f"{r['tok/s']:.0f} ({1000 * r['itl p50']:.1f} ms)" for r in rows.values()]
+            best = max((rows[n]["tok/s"] for n in refs), default=0.0)
+            default = rows[REFERENCE]["tok/s"] if REFERENCE in rows else 0.0
+            for n in ours:
+                tps = rows[n]["tok/s"]
+                ratios = [best, default] if len(refs) > 1 else [default]
+                cells += [f"{tps / ref:.2f}x" if ref else "-" for ref in ratios]
+            lines.append("| " + " | ".join(cells) + " |")
+    bad = sum(int(r["bad streams"]) for systems in results.values() for lv in systems.values() for r in lv.values())
+    lines.append(f"\nfailed or empty streams: {bad}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_model = Path.home() / ".cache/quantserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -221,6 +276,12 @@ def main() -> None:
     parser.add_argument(
         "--quantserve-options", default="{}", help="JSON merged into the model options, e.g. '{\"parallel\": 8}'"
     )
+    parser.add_argument("--llama-server-bin", type=Path, help="default: built from the pinned sdist (CPU)")
+    parser.add_argument("--llama-server-variants", default="default", help="default,backend-sampling")
+    parser.add_argument("--quantserve-samplers", default="auto", help="auto or a list of numpy,backend,native")
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload on every system")
+    parser.add_argument("--modes", default="greedy,sampled")
+    parser.add_argument("--detail", action="store_true", help="also print the per-system latency table")
     parser.add_argument("--start-llama-cpp-python", action="store_true")
     parser.add_argument("--lcp-python", default=sys.executable, help="python with llama-cpp-python[server]")
     parser.add_argument("--threads", type=int, default=2)
@@ -231,22 +292,29 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--log-dir", help="keep the servers' logs here (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     levels = [int(c) for c in args.clients.split(",")]
-    results: dict[str, dict[int, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        systems = start_systems(args, stack, Path(tmp))
+        logdir = Path(args.log_dir or tmp)
+        logdir.mkdir(parents=True, exist_ok=True)
+        systems = start_systems(args, stack, logdir)
         if not systems:
             parser.error("no system: pass --system NAME=URL or one of the --start-* flags")
         # Levels outermost, systems inner: background load drifting over the run hits all alike.
-        for clients in levels:
-            for name, url in systems.items():
-                log.info("%s: %d clients", name, clients)
-                tps, streams = asyncio.run(run_level(url, clients, args.tokens, args.rounds))
-                results.setdefault(name, {})[clients] = summarize(tps, streams)
-    sys.stdout.write(render(results))
+        for mode in args.modes.split(","):
+            for clients in levels:
+                for name, url in systems.items():
+                    log.info("%s, %s: %d clients", name, mode, clients)
+                    tps, streams = asyncio.run(run_level(url, clients, args.tokens, args.rounds, mode))
+                    results.setdefault(mode, {}).setdefault(name, {})[clients] = summarize(tps, streams)
+    if args.detail:
+        for mode, by_system in results.items():
+            sys.stdout.write(f"\n{mode}:\n{render(by_system)}")
+    sys.stdout.write("\n" + render_ratios(results))
 
 
 if __name__ == "__main__":

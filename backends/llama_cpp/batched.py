@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+import llama_cpp as lc
+
 from backends.checks import check_prompt_fits, check_token_ids
 from backends.errors import ConfigError
 from backends.llama_cpp import grammar as gr
@@ -35,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 class BatchedEngine:
     """Implements ``LlamaEngine``. ``n_ctx`` is per request; the context holds ``parallel x n_ctx``.
+
+    ``sampler`` picks the sampling route (``sampling.SAMPLER_ROUTES``); None reads
+    ``QUANTSERVE_LLAMA_SAMPLER`` (for benchmarks), else the model's placement decides: "backend"
+    when layers are offloaded to a GPU, "numpy" on the CPU.
 
     ``n_ctx=0`` means the model's training context. ``n_threads=None`` uses every CPU this
     process may run on. ``prefix_cache`` keeps a finished request's KV cells in its idle slot so
@@ -55,6 +61,7 @@ class BatchedEngine:
         cache_type_v: str,
         max_queue: int,
         prefix_cache: bool,
+        sampler: str | None = None,
     ) -> None:
         problem = engine_option_problem(
             n_ctx=n_ctx,
@@ -88,8 +95,15 @@ class BatchedEngine:
         # attention takes a different matmul path for one query row than for several, which
         # rounds differently; recomputing two rows keeps the multi-row path of a cold prefill.
         min_tail = 1 if flash_attn else 2
+        route = _sampler_route(sampler, n_gpu_layers)
         self._scheduler = Scheduler(
-            self._native, self._gate, parallel=parallel, n_batch=n_batch, prefix_cache=prefix_cache, min_tail=min_tail
+            self._native,
+            self._gate,
+            parallel=parallel,
+            n_batch=n_batch,
+            prefix_cache=prefix_cache,
+            min_tail=min_tail,
+            route=route,
         )
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -101,13 +115,14 @@ class BatchedEngine:
             self._native.close()
             raise self._start_error
         logger.info(
-            "batched llama.cpp engine: %s, %d slots x %d tokens, n_batch %d, %d threads, flash_attn %s",
+            "batched llama.cpp engine: %s, %d slots x %d tokens, n_batch %d, %d threads, flash_attn %s, sampler %s",
             model_path.name,
             parallel,
             self._n_ctx,
             n_batch,
             threads,
             flash_attn,
+            route,
         )
 
     def _thread_main(self) -> None:
@@ -260,6 +275,16 @@ class BatchedEngine:
         check_prompt_fits(len(prompt), n_ctx=self._n_ctx, max_tokens=None)
         room = self._n_ctx - len(prompt)
         return room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+
+
+def _sampler_route(sampler: str | None, n_gpu_layers: int) -> smp.SamplerRoute:
+    choice = sampler or os.environ.get("QUANTSERVE_LLAMA_SAMPLER") or "auto"
+    if choice == "auto":
+        return "backend" if n_gpu_layers != 0 and lc.llama_supports_gpu_offload() else "numpy"
+    for route in smp.SAMPLER_ROUTES:
+        if choice == route:
+            return route
+    raise ConfigError(f"sampler must be one of auto, {', '.join(smp.SAMPLER_ROUTES)}; got {choice!r}")
 
 
 def _usable_cpus() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from backends.errors import BackendStartupError, BackendUnavailable, ConfigError
 from backends.llama_cpp.options import engine_option_problem
@@ -171,6 +172,17 @@ class NativeModel:
     def decode(self, n_tokens: int) -> int:
         self._batch.n_tokens = n_tokens
         return int(lc.llama_decode(self._ctx, self._batch))
+
+    def output_logits(self, n_outputs: int) -> np.ndarray:
+        """The last decode's logits as one (n_outputs, n_vocab) view of llama.cpp's buffer (no copy),
+        one row per token that asked for logits, in batch order. Valid until the next decode."""
+        data = lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(data, shape=(n_outputs, self.n_vocab))
+
+    def set_sampler(self, seq_id: int, chain: Any) -> bool:
+        """Run ``chain`` inside the decode graph for ``seq_id`` (None: detach it); False when the
+        backend cannot run one of its stages. The chain must outlive the attachment."""
+        return bool(lc.llama_set_sampler(self._ctx, seq_id, chain))
 
     def warmup(self) -> None:
         """Decode two throw-away tokens, as llama.cpp's tools do at start-up: the first decode pages

@@ -1,8 +1,10 @@
-"""Per-request native sampler chains.
+"""Per-request native sampler chains, and which route samples a request.
 
-Sampling stays in C: ``llama_sampler_sample`` reads the logits row straight from the context,
-so Python never copies the 49k-entry vocabulary row (the high-level API's numpy path costs ~40%
-of decode speed on small models).
+Three routes (``SamplerRoute``): "numpy" samples every plain request of a step together
+(``batch_sampling``); "backend" hands a request's chain to llama.cpp to run inside the decode
+graph (on the GPU when the model is offloaded), so only the sampled token comes back; "native"
+runs one ``llama_sampler_sample`` per sequence. Grammar, logit bias and penalties need state or
+candidate rewriting that only the native chain has, so such requests take it on every route.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ctypes
 import math
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp as lc
 import numpy as np
@@ -23,6 +25,10 @@ from backends.types import SamplingParams, TokenLogprob, TopLogprob
 PENALTY_LAST_N = 64
 
 
+SamplerRoute = Literal["numpy", "backend", "native"]
+SAMPLER_ROUTES: tuple[SamplerRoute, ...] = ("numpy", "backend", "native")
+
+
 def request_seed(sampling: SamplingParams) -> int:
     """The client's seed, or a fresh random one (never llama.cpp's "random" sentinel, so it can be logged)."""
     if sampling.seed is not None:
@@ -32,6 +38,11 @@ def request_seed(sampling: SamplingParams) -> int:
 
 def _has_penalties(p: SamplingParams) -> bool:
     return p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
+def needs_native(p: SamplingParams, grammar: gr.Grammar | None) -> bool:
+    """Whether only the native chain can sample this request (grammar, logit bias, penalties)."""
+    return grammar is not None or bool(p.logit_bias) or _has_penalties(p)
 
 
 def build_chain(p: SamplingParams, *, vocab: Any, n_vocab: int, seed: int, grammar: gr.Grammar | None = None) -> Any:

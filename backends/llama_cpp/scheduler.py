@@ -2,8 +2,10 @@
 
 Each step admits waiting requests into free slots, builds ONE batch (a decode token for every
 running sequence, then prompt chunks of newly admitted ones within ``n_batch``), calls
-``llama_decode`` once and samples every sequence that has logits with its own native chain.
-Everything here runs on the engine thread only, so slot state needs no locks.
+``llama_decode`` once, then samples every sequence that has logits: the plain ones together
+(``batch_sampling``, or llama.cpp's backend sampler inside the decode), the rest with their own
+native chain (see ``sampling`` for the routes). Everything here runs on the engine thread only,
+so slot state needs no locks.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from backends.errors import BackendUnavailable
 from backends.llama_cpp import sampling as smp
 from backends.llama_cpp.admission import RequestGate
+from backends.llama_cpp.batch_sampling import BatchSampler, Draw
 from backends.llama_cpp.native import NativeModel
 from backends.llama_cpp.slots import Active, Item, RequestHandle, Slot, deliver, pick_slot
 from backends.textstream import TextStream
@@ -28,9 +32,19 @@ Outbox = dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Item]]]
 
 class Scheduler:
     def __init__(
-        self, native: NativeModel, gate: RequestGate, *, parallel: int, n_batch: int, prefix_cache: bool, min_tail: int
+        self,
+        native: NativeModel,
+        gate: RequestGate,
+        *,
+        parallel: int,
+        n_batch: int,
+        prefix_cache: bool,
+        min_tail: int,
+        route: smp.SamplerRoute,
     ) -> None:
         self._native = native
+        self._route = route
+        self._batch_sampler = BatchSampler(parallel, native.n_vocab)
         self._gate = gate
         self._n_batch = n_batch
         self._prefix_cache = prefix_cache
@@ -80,15 +94,32 @@ class Scheduler:
             for slot in active:
                 self._fail(slot, RuntimeError(f"llama_decode failed ({rc})"), outbox)
         else:
-            for slot in active:
-                a = slot.active
-                if a is not None and a.batch_index >= 0:
-                    token = smp.sample(a.sampler, self._native.ctx, a.batch_index)
-                    self._on_token(slot, a, token, outbox)
+            self._sample(active, outbox)
         self.kv_used = sum(len(s.kv) for s in self._slots if s.active is not None)
         self.running = sum(1 for s in self._slots if s.active is not None)
         _send(outbox)
         return True
+
+    def _sample(self, active: list[Slot], outbox: Outbox) -> None:
+        """A token for every sequence that got logits this step: numpy-routed ones all at once."""
+        outputs = sorted(s.active.batch_index for s in active if s.active is not None and s.active.batch_index >= 0)
+        row_of = {index: row for row, index in enumerate(outputs)}  # logits rows follow batch order
+        together: list[tuple[Slot, Active]] = []
+        for slot in active:
+            a = slot.active
+            if a is None or a.batch_index < 0:
+                continue
+            if a.draw is not None:
+                together.append((slot, a))
+            else:  # native chain; on the backend route it returns the token the decode sampled
+                self._on_token(slot, a, smp.sample(a.sampler, self._native.ctx, a.batch_index), outbox)
+        if together:
+            logits = self._native.output_logits(len(outputs))
+            rows = [row_of[a.batch_index] for _, a in together]
+            draws = [a.draw for _, a in together if a.draw is not None]
+            tokens = self._batch_sampler.sample(logits, rows, draws)
+            for (slot, a), token in zip(together, tokens, strict=True):
+                self._on_token(slot, a, token, outbox)
 
     def _reap_cancelled(self) -> None:
         for slot in self._slots:
@@ -111,14 +142,12 @@ class Scheduler:
                 self._native.seq_rm(slot.seq_id, -1)  # partial removal refused: start clean
                 reuse = 0
             del slot.kv[reuse:]
-            p = req.sampling
-            chain = smp.build_chain(
-                p, vocab=self._native.vocab, n_vocab=self._native.n_vocab, seed=smp.request_seed(p), grammar=req.grammar
-            )
-            smp.prime_penalties(chain, p, req.prompt)
+            chain, draw, on_backend = self._sampler_for(req, slot.seq_id)
             self._admissions += 1
             now = time.monotonic()
-            slot.active = Active(req, chain, TextStream(p.stop), reuse, reuse, self._admissions, now)
+            slot.active = Active(
+                req, chain, draw, on_backend, TextStream(req.sampling.stop), reuse, reuse, self._admissions, now
+            )
             slot.active.queue_s = now - req.submitted
             logger.debug(
                 "request %s -> slot %d (%d prompt tokens, %d reused)",
@@ -127,6 +156,26 @@ class Scheduler:
                 len(req.prompt),
                 reuse,
             )
+
+    def _sampler_for(self, req: RequestHandle, seq_id: int) -> tuple[Any, Draw | None, bool]:
+        """(native chain or None, numpy draw or None, chain attached to the decode) for a request."""
+        p = req.sampling
+        seed = smp.request_seed(p)
+        native = self._route == "native" or smp.needs_native(p, req.grammar)
+        # logprobs report the raw distribution, which backend sampling does not copy back. Greedy
+        # stays an argmax over the logits view: cheaper than one argmax node per sequence in the graph.
+        on_backend = self._route == "backend" and p.logprobs is None and p.temperature > 0.0
+        if native or on_backend:
+            chain = smp.build_chain(
+                p, vocab=self._native.vocab, n_vocab=self._native.n_vocab, seed=seed, grammar=req.grammar
+            )
+            if native:
+                smp.prime_penalties(chain, p, req.prompt)
+                return chain, None, False
+            if self._native.set_sampler(seq_id, chain):
+                return chain, None, True
+            smp.free_chain(chain)  # a stage the backend cannot run: sample it in numpy instead
+        return None, Draw.of(p, seed), False
 
     def _fill_batch(self, active: list[Slot]) -> int:
         """Decode tokens of running sequences first, then prompt chunks in admission order."""
@@ -218,7 +267,10 @@ class Scheduler:
         """Free the slot for the next waiter; drop its KV cells unless kept for prefix reuse."""
         a = slot.active
         assert a is not None
-        smp.free_chain(a.sampler)
+        if a.on_backend:
+            self._native.set_sampler(slot.seq_id, None)  # detach before the chain is freed
+        if a.sampler is not None:
+            smp.free_chain(a.sampler)
         slot.active = None
         slot.last_used = self._admissions
         if not keep_kv:

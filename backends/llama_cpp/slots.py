@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends.llama_cpp.batch_sampling import Draw
 from backends.llama_cpp.grammar import Grammar
 from backends.textstream import TextStream
 from backends.types import GenerationChunk, SamplingParams, TokenLogprob
@@ -92,7 +93,9 @@ class Active:
     """Engine-side state of the request a slot is serving."""
 
     req: RequestHandle
-    sampler: Any
+    sampler: Any  # the native chain, or None when ``draw`` samples the request in numpy
+    draw: Draw | None
+    on_backend: bool  # ``sampler`` runs inside the decode graph (llama_set_sampler)
     text: TextStream
     n_fed: int  # prompt tokens already in the KV cache (reused ones included)
     n_cached: int  # prompt tokens reused from the slot's previous occupant

@@ -238,3 +238,40 @@ async def test_closed_engine_refuses_requests(model_path: Path) -> None:
     engine.close()  # idempotent
     with pytest.raises(BackendUnavailable):
         await collect(engine, chat("Say hi."))
+
+
+@pytest.mark.parametrize("route", ["numpy", "backend"])
+async def test_sampling_routes_keep_greedy_tokens_and_seeds(model_path: Path, route: str) -> None:
+    """Greedy output is token for token the native chain's (the sampler before batching), on
+    every route; a seeded sampled request repeats itself beside other streams."""
+    prompts = [chat(f"Write a short story about a {animal}.") for animal in ANIMALS[:4]]
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=77)
+    outputs: dict[str, list[str]] = {}
+    for name in ("native", route):
+        engine = BatchedEngine(
+            model_path,
+            n_ctx=256,
+            parallel=4,
+            n_batch=128,
+            n_threads=2,
+            n_gpu_layers=0,
+            flash_attn=True,
+            cache_type_k="f16",
+            cache_type_v="f16",
+            max_queue=8,
+            prefix_cache=False,
+            sampler=name,
+        )
+        try:
+            batch = await asyncio.gather(*(collect(engine, p, greedy, f"g{i}") for i, p in enumerate(prompts)))
+            outputs[name] = [text_of(c) for c in batch]
+            if name == route:
+                alone = text_of(await collect(engine, prompts[0], seeded))
+                beside = await asyncio.gather(
+                    collect(engine, prompts[0], seeded), collect(engine, prompts[1], greedy, "n")
+                )
+                assert text_of(beside[0]) == alone
+        finally:
+            engine.close()
+    assert outputs[route] == outputs["native"]

@@ -1,0 +1,133 @@
+"""Sampling every running sequence of a step together, in numpy, over the step's logits buffer.
+
+One native ``llama_sampler_sample`` per sequence costs a copy of the 49k-entry vocabulary into
+a candidate array, then the chain's stages, once per sequence per token. Here a step's rows are
+handled at once: greedy is one ``argmax`` over the (n_outputs, n_vocab) view of llama.cpp's own
+buffer (no copy); full-distribution sampling (OpenAI's defaults) is a handful of vectorised
+passes over the sampled rows; top_k / top_p / min_p work on the few tokens they can keep.
+
+Truncation follows llama.cpp's chain order exactly (top_k, then top_p and min_p on the raw
+logits, then temperature), so a request means the same as with the native chain. Each request
+draws from its own seeded ``numpy.random.Generator``: one uniform per token, whatever else runs
+in the batch, so a seeded request is reproducible beside any neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from backends.types import SamplingParams
+
+# Tokens looked at first for a top_p-only request: the usual nucleus fits easily, and a flatter
+# distribution falls back to sorting the whole row.
+TOP_P_POOL = 1024
+
+
+@dataclass(slots=True)
+class Draw:
+    """One request's sampling settings and its random stream."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    rng: np.random.Generator
+
+    @classmethod
+    def of(cls, p: SamplingParams, seed: int) -> Draw:
+        return cls(p.temperature, p.top_k, p.top_p, p.min_p, np.random.Generator(np.random.PCG64(seed)))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def truncated(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+
+class BatchSampler:
+    """Samples the rows of one step; owns a scratch buffer so a step allocates nothing large."""
+
+    def __init__(self, n_rows: int, n_vocab: int) -> None:
+        self._scratch = np.empty((n_rows, n_vocab), dtype=np.float32)
+
+    def sample(self, logits: np.ndarray, rows: Sequence[int], draws: Sequence[Draw]) -> list[int]:
+        """The token for each ``(rows[i], draws[i])``; ``logits`` is the step's (n_outputs, n_vocab) view."""
+        out = [0] * len(rows)
+        greedy = [i for i, d in enumerate(draws) if d.greedy]
+        if greedy:
+            if 2 * len(greedy) >= logits.shape[0]:
+                best = logits.argmax(axis=1)  # one pass over the whole view beats row-by-row calls
+                for i in greedy:
+                    out[i] = int(best[rows[i]])
+            else:
+                for i in greedy:
+                    out[i] = int(logits[rows[i]].argmax())
+        full = [i for i, d in enumerate(draws) if not d.greedy and not d.truncated]
+        if full:
+            picked = self._sample_full(logits, [rows[i] for i in full], [draws[i] for i in full])
+            for i, token in zip(full, picked, strict=True):
+                out[i] = token
+        for i, d in enumerate(draws):
+            if not d.greedy and d.truncated:
+                out[i] = _sample_truncated(logits[rows[i]], d)
+        return out
+
+    def _sample_full(self, logits: np.ndarray, rows: list[int], draws: list[Draw]) -> list[int]:
+        """Inverse-CDF sampling of softmax(logits / T) over the whole vocabulary, all rows at once."""
+        work = self._scratch[: len(rows)]
+        np.take(logits, rows, axis=0, out=work)
+        inv_t = np.array([1.0 / d.temperature for d in draws], dtype=np.float32)[:, None]
+        work *= inv_t
+        work -= work.max(axis=1, keepdims=True)
+        np.exp(work, out=work)
+        np.cumsum(work, axis=1, out=work)
+        last = work.shape[1] - 1
+        out = []
+        for row, d in zip(work, draws, strict=True):
+            # The first token whose cumulative weight exceeds u: zero-weight tokens are never chosen.
+            u = d.rng.random() * float(row[last])
+            out.append(min(int(np.searchsorted(row, u, side="right")), last))
+        return out
+
+
+def _sample_truncated(row: np.ndarray, d: Draw) -> int:
+    """top_k, then top_p, then min_p (all on the raw logits, as llama.cpp chains them), then T."""
+    n_vocab = row.shape[0]
+    peak = float(row.max())
+    if d.top_k > 0 and d.top_k < n_vocab:
+        pool = np.argpartition(row, n_vocab - d.top_k)[n_vocab - d.top_k :]
+    elif d.min_p > 0.0:
+        pool = np.flatnonzero(row >= peak + math.log(d.min_p))  # what min_p keeps bounds everything kept
+    elif n_vocab > TOP_P_POOL:
+        pool = np.argpartition(row, n_vocab - TOP_P_POOL)[n_vocab - TOP_P_POOL :]
+    else:
+        pool = np.arange(n_vocab)
+    pool = _sorted_desc(row, pool)
+    if d.top_p < 1.0:
+        if d.top_k > 0:  # top_p renormalises over what top_k kept
+            total = float(np.exp(row[pool] - peak, dtype=np.float64).sum())
+        else:
+            total = float(np.exp(row - peak, dtype=np.float64).sum())
+        cum = np.cumsum(np.exp(row[pool] - peak, dtype=np.float64)) / total
+        if cum[-1] < d.top_p and len(pool) < n_vocab and d.top_k <= 0 and d.min_p <= 0.0:
+            pool = _sorted_desc(row, np.arange(n_vocab))  # a flat row: the nucleus is wider than the pool
+            cum = np.cumsum(np.exp(row[pool] - peak, dtype=np.float64)) / total
+        # Keep tokens up to and including the one where the cumulative mass reaches top_p.
+        pool = pool[: min(len(pool), int(np.searchsorted(cum, d.top_p, side="left")) + 1)]
+    if d.min_p > 0.0:
+        keep = int(np.count_nonzero(row[pool] >= peak + math.log(d.min_p)))
+        pool = pool[: max(1, keep)]
+    weights = np.exp((row[pool].astype(np.float64) - peak) / d.temperature)
+    cdf = np.cumsum(weights)
+    u = d.rng.random() * float(cdf[-1])
+    return int(pool[min(int(np.searchsorted(cdf, u, side="right")), len(pool) - 1)])
+
+
+def _sorted_desc(row: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    return pool[np.argsort(-row[pool], kind="stable")]

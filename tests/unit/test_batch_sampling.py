@@ -1,0 +1,102 @@
+"""The vectorised sampler against distributions worked out by hand (llama.cpp's chain semantics).
+
+Each case forces a small support on a synthetic logits row (every other token far below), draws
+many tokens with a fixed seed and runs a chi-square goodness-of-fit test. The threshold is
+generous (p < 1e-4 fails) yet a wrong temperature, a truncation in the wrong order or an
+off-by-one in the inverse CDF moves these counts far past it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backends.llama_cpp.batch_sampling import BatchSampler, Draw
+from backends.types import SamplingParams
+
+N_VOCAB = 2000
+SUPPORT = {7: 2.0, 100: 1.5, 555: 1.0, 1234: 0.5, 1999: 0.0}  # token -> logit; the rest is -30
+DRAWS = 20_000
+# Chi-square critical values at p = 1e-4, by degrees of freedom.
+CRITICAL = {1: 15.14, 2: 18.42, 3: 21.11, 4: 23.51}
+
+
+def logits_rows(n_rows: int) -> np.ndarray:
+    rows = np.full((n_rows, N_VOCAB), -30.0, dtype=np.float32)
+    for token, logit in SUPPORT.items():
+        rows[:, token] = logit
+    return rows
+
+
+def expected(temperature: float, keep: list[int]) -> dict[int, float]:
+    weights = {t: math.exp(SUPPORT[t] / temperature) for t in keep}
+    total = sum(weights.values())
+    return {t: w / total for t, w in weights.items()}
+
+
+def draw_counts(params: SamplingParams, seed: int = 42) -> dict[int, int]:
+    """DRAWS tokens: 8 requests side by side (different seeds), each drawing DRAWS / 8 times."""
+    n_req = 8
+    sampler = BatchSampler(n_req, N_VOCAB)
+    logits = logits_rows(n_req)
+    draws = [Draw.of(params, seed + i) for i in range(n_req)]
+    counts: dict[int, int] = {}
+    for _ in range(DRAWS // n_req):
+        for token in sampler.sample(logits, list(range(n_req)), draws):
+            counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+def chi_square(counts: dict[int, int], probs: dict[int, float]) -> float:
+    assert set(counts) <= set(probs), f"sampled outside the allowed support: {set(counts) - set(probs)}"
+    n = sum(counts.values())
+    return sum((counts.get(t, 0) - n * p) ** 2 / (n * p) for t, p in probs.items())
+
+
+# Kept sets by llama.cpp's rules on the raw (T=1) distribution: top_k first, then top_p (keep up
+# to and including the token that reaches it), then min_p (logit >= max + log(min_p)).
+# T=1 probabilities of SUPPORT: 0.4198, 0.2546, 0.1544, 0.0937, 0.0568 (cumulative 0.42, 0.67, 0.83, 0.92).
+CASES = [
+    (SamplingParams(temperature=1.0), list(SUPPORT)),
+    (SamplingParams(temperature=0.5), list(SUPPORT)),
+    (SamplingParams(temperature=2.0, top_k=3), [7, 100, 555]),
+    (SamplingParams(temperature=1.0, top_p=0.8), [7, 100, 555]),
+    (SamplingParams(temperature=1.0, min_p=0.3), [7, 100, 555]),  # exp(-1)=0.37 kept, exp(-1.5)=0.22 not
+    (SamplingParams(temperature=0.7, top_k=4, top_p=0.75, min_p=0.05), [7, 100, 555]),
+]
+
+
+@pytest.mark.parametrize(("params", "keep"), CASES)
+def test_sampled_tokens_follow_the_truncated_distribution(params: SamplingParams, keep: list[int]) -> None:
+    probs = expected(params.temperature, keep)
+    stat = chi_square(draw_counts(params), probs)
+    assert stat < CRITICAL[len(keep) - 1], f"chi-square {stat:.1f} with {len(keep) - 1} degrees of freedom"
+
+
+def test_the_test_rejects_a_wrong_temperature() -> None:
+    # The same draws judged against the T=1 distribution when T=0.5 was asked: must fail.
+    stat = chi_square(draw_counts(SamplingParams(temperature=0.5)), expected(1.0, list(SUPPORT)))
+    assert stat > CRITICAL[4]
+
+
+def test_greedy_is_the_argmax_and_first_on_ties() -> None:
+    logits = logits_rows(3)
+    logits[1, 1500] = 5.0
+    logits[2, 3] = logits[2, 9] = 9.0  # a tie: the lower id, as llama.cpp's greedy picks
+    draws = [Draw.of(SamplingParams(temperature=0.0), 1) for _ in range(3)]
+    assert BatchSampler(3, N_VOCAB).sample(logits, [0, 1, 2], draws) == [7, 1500, 3]
+
+
+def test_a_seed_gives_the_same_tokens_whatever_the_neighbours() -> None:
+    params = SamplingParams(temperature=1.0, seed=7)
+    logits = logits_rows(4)
+    alone = BatchSampler(1, N_VOCAB)
+    crowd = BatchSampler(4, N_VOCAB)
+    d_alone = Draw.of(params, 7)
+    d_crowd = [Draw.of(SamplingParams(temperature=0.9, top_k=2), 3), Draw.of(params, 7), Draw.of(params, 8)]
+    a = [alone.sample(logits, [0], [d_alone])[0] for _ in range(50)]
+    b = [crowd.sample(logits, [0, 2, 3], d_crowd)[1] for _ in range(50)]
+    assert a == b
+    assert len(set(a)) > 1, "a sampled stream should not be constant"
