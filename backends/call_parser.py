@@ -137,11 +137,9 @@ class FormatCallParser:
         pos = sep + len(f.name_sep)
         if f.shape == "xml":
             end = buf.find(f.call_close, pos)
-            if end < 0:
-                if not final:
-                    raise _NeedMore
-                end = len(buf)
-            return self._call(name, self._xml_args(name, buf[pos:end])), min(len(buf), end + len(f.call_close))
+            if end < 0:  # an unfinished call (cut by max_tokens) is not a call
+                raise _Invalid if final else _NeedMore
+            return self._call(name, self._xml_args(name, buf[pos:end])), end + len(f.call_close)
         args, pos = _json(buf, _skip_ws(buf, pos, True), final)
         return self._call(name, args), _close(buf, pos, f.call_close, final)
 

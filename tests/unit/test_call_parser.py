@@ -126,3 +126,8 @@ def test_mistral_call_ids_are_nine_alphanumerics() -> None:
 
 def test_unimplemented_families_fall_back_to_hermes() -> None:
     assert call_format("functionary_v3_2") is FORMATS["hermes"]
+
+
+def test_an_unfinished_xml_call_is_not_a_call() -> None:
+    cut = "<tool_call>\n<function=get_weather>\n<parameter=city>\nPar"
+    assert feed_all("qwen3_coder", cut, 3) == (cut, [])
