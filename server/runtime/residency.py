@@ -154,6 +154,13 @@ class RoomRule:
             limit = f"max_loaded_models is {self.max_loaded} and {len(busy)} loaded model(s) are busy: {names}"
         elif self.budget_bytes is not None:
             limit = f"the memory budget is {gib(self.budget_bytes)}, of which busy models hold {gib(held)}: {names}"
+        elif not busy:
+            # Nothing else holds memory: this model can never fit here, and waiting will not help.
+            return NoRoomToLoad(
+                f"model '{wanted.model_id}' cannot fit in this machine's memory: it needs {gib(need)} "
+                f"(weights + KV cache) and {gib(free or 0)} is available. Lower n_ctx / parallel, use a "
+                "smaller KV cache type (q8_0 / q4_0) or a smaller quantization."
+            )
         else:
             limit = f"{gib(free or 0)} of host memory is available; busy models: {names}"
         return NoRoomToLoad(

@@ -47,8 +47,14 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
 
 
 async def test_the_request_id_follows_the_request_into_the_engine(
-    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    app_client: ClientFactory, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The in-process engine, so its log lines reach this process's log capture.
+    async with app_client(make_settings({"n_ctx": 1024, "engine_process": False})) as client:
+        await _follow_request_id(client, caplog)
+
+
+async def _follow_request_id(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="backends.llama_cpp.scheduler")
     made = await client.post("/v1/chat/completions", json=chat_body(max_tokens=2))
     assert made.json()["id"] == f"chatcmpl-{made.headers['x-request-id']}"

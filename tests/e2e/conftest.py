@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backends.llama_cpp.process_engine import without_vllm_preload
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,7 +29,7 @@ class Server:
         self.log_path = log_path
         self._log = log_path.open("wb")
         cmd = [sys.executable, "-m", "server", "serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=server_env())
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -61,3 +63,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+def server_env() -> dict[str, str]:
+    """This process's environment as a fresh shell would give it: an earlier test that started a
+    vLLM engine in-process left PyTorch's libgomp in LD_PRELOAD."""
+    return without_vllm_preload(dict(os.environ))

@@ -74,7 +74,7 @@ def test_stop_reasons() -> None:
 def test_whitespace_before_a_tool_call_opens_no_text_block() -> None:
     blocks = _Blocks()
     assert blocks.events(Delta("\n")) == []
-    events = blocks.events(Delta("", [ToolCall("c", "f", "{}")]))
+    events = blocks.events(Delta("", calls=[ToolCall("c", "f", "{}")]))
     assert [json.loads(e["data"])["type"] for e in events] == [
         "content_block_start",
         "content_block_delta",
