@@ -84,7 +84,7 @@ def main() -> None:
             for turn in range(args.repeats):
                 for name in order if turn % 2 == 0 else order[::-1]:
                     log.info("%s: %d clients, turn %d", name, clients, turn + 1)
-                    tps, got = asyncio.run(run_level(urls[name], clients, args.tokens, args.rounds))
+                    tps, got = asyncio.run(run_level(urls[name], clients, args.tokens, args.rounds, "greedy"))
                     n = sum(s.tokens for s in got)
                     tokens[name] += n
                     walls[name] += n / tps
