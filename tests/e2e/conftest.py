@@ -7,10 +7,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from backends.llama_cpp.process_engine import without_vllm_preload
@@ -69,3 +70,21 @@ def server_env() -> dict[str, str]:
     """This process's environment as a fresh shell would give it: an earlier test that started a
     vLLM engine in-process left PyTorch's libgomp in LD_PRELOAD."""
     return without_vllm_preload(dict(os.environ))
+
+
+MakeClient = Callable[..., openai.OpenAI]
+
+
+@pytest.fixture
+def make_client() -> Iterator[MakeClient]:
+    """``make_client(server, key=...)``: an openai SDK client closed after the test. A client left
+    to the garbage collector closes its sockets during some later test, as a ResourceWarning there."""
+    made: list[openai.OpenAI] = []
+
+    def make(server: Server, key: str = "sk-test") -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()

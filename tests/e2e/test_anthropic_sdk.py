@@ -6,6 +6,7 @@ errors) are what must accept every response and stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -26,12 +27,25 @@ WEATHER: Any = {
 GREEDY = {"temperature": 0}
 
 
-def make_client(server: Server, key: str = "sk-test") -> anthropic.Anthropic:
-    # The SDK sends the key as x-api-key, as Claude Code does.
-    return anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0)
+MakeAnthropic = Callable[..., anthropic.Anthropic]
 
 
-def test_create_answers_with_a_text_block(server: Server) -> None:
+@pytest.fixture
+def make_client() -> Iterator[MakeAnthropic]:
+    """``make_client(server, key=...)``: an anthropic SDK client closed after the test."""
+    made: list[anthropic.Anthropic] = []
+
+    def make(server: Server, key: str = "sk-test") -> anthropic.Anthropic:
+        # The SDK sends the key as x-api-key, as Claude Code does.
+        made.append(anthropic.Anthropic(base_url=server.base_url, api_key=key, max_retries=0))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_create_answers_with_a_text_block(server: Server, make_client: MakeAnthropic) -> None:
     msg = make_client(server).messages.create(model=MODEL, max_tokens=40, messages=QUESTION, extra_body=GREEDY)
     assert msg.type == "message" and msg.role == "assistant" and msg.model == MODEL
     assert [b.type for b in msg.content] == ["text"]
@@ -41,7 +55,7 @@ def test_create_answers_with_a_text_block(server: Server) -> None:
     assert msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0) > 0
 
 
-def test_system_prompt_stop_sequences_and_max_tokens(server: Server) -> None:
+def test_system_prompt_stop_sequences_and_max_tokens(server: Server, make_client: MakeAnthropic) -> None:
     client = make_client(server)
     stopped = client.messages.create(
         model=MODEL,
@@ -57,7 +71,7 @@ def test_system_prompt_stop_sequences_and_max_tokens(server: Server) -> None:
     assert capped.stop_reason == "max_tokens" and capped.usage.output_tokens == 3
 
 
-def test_stream_events_accumulate_into_the_same_message(server: Server) -> None:
+def test_stream_events_accumulate_into_the_same_message(server: Server, make_client: MakeAnthropic) -> None:
     client = make_client(server)
     full = client.messages.create(model=MODEL, max_tokens=40, messages=QUESTION, extra_body=GREEDY)
     with client.messages.stream(model=MODEL, max_tokens=40, messages=QUESTION, extra_body=GREEDY) as stream:
@@ -74,7 +88,7 @@ def test_stream_events_accumulate_into_the_same_message(server: Server) -> None:
     assert set(kinds[2:-3]) == {"content_block_delta"}
 
 
-def test_tool_use_round_trip(server: Server) -> None:
+def test_tool_use_round_trip(server: Server, make_client: MakeAnthropic) -> None:
     client = make_client(server)
     ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     choice: Any = {"type": "any", "disable_parallel_tool_use": True}
@@ -109,7 +123,7 @@ def test_tool_use_round_trip(server: Server) -> None:
     assert [b.type for b in answer.content] == ["text"] and answer.content[0].text  # type: ignore[union-attr]
 
 
-def test_count_tokens_matches_the_prompt_of_create(server: Server) -> None:
+def test_count_tokens_matches_the_prompt_of_create(server: Server, make_client: MakeAnthropic) -> None:
     client = make_client(server)
     counted = client.messages.count_tokens(model=MODEL, messages=QUESTION)
     # A fresh system prompt, so nothing of it is in the prefix cache: input_tokens is the whole prompt.
@@ -119,7 +133,7 @@ def test_count_tokens_matches_the_prompt_of_create(server: Server) -> None:
     assert with_tools.input_tokens > counted.input_tokens
 
 
-def test_typed_errors_in_anthropic_shape(server: Server) -> None:
+def test_typed_errors_in_anthropic_shape(server: Server, make_client: MakeAnthropic) -> None:
     client = make_client(server)
     with pytest.raises(anthropic.NotFoundError) as not_found:
         client.messages.create(model="claude-unknown", max_tokens=5, messages=QUESTION)

@@ -13,8 +13,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.conftest import Server
-from tests.e2e.test_openai_sdk import MODEL, QUESTION, make_client
+from tests.e2e.conftest import MakeClient, Server
+from tests.e2e.test_openai_sdk import MODEL, QUESTION
 
 WEATHER_PARAMS: dict[str, Any] = {
     "type": "object",
@@ -55,7 +55,7 @@ def _check_calls(calls: list[Any] | None) -> list[Any]:
     return calls
 
 
-def test_tool_choice_required_gives_valid_calls(server: Server) -> None:
+def test_tool_choice_required_gives_valid_calls(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).chat.completions.create(
         model=MODEL, messages=WEATHER_Q, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=120
     )
@@ -65,7 +65,7 @@ def test_tool_choice_required_gives_valid_calls(server: Server) -> None:
     assert choice.message.content is None
 
 
-def test_named_tool_choice_forces_that_function_once(server: Server) -> None:
+def test_named_tool_choice_forces_that_function_once(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).chat.completions.create(
         model=MODEL,
         messages=WEATHER_Q,
@@ -78,7 +78,7 @@ def test_named_tool_choice_forces_that_function_once(server: Server) -> None:
     assert [c.function.name for c in calls] == ["get_time"]
 
 
-def test_tool_choice_none_and_auto_answer_validly(server: Server) -> None:
+def test_tool_choice_none_and_auto_answer_validly(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     none = client.chat.completions.create(
         model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="none", temperature=0, max_tokens=40
@@ -99,7 +99,7 @@ def test_tool_choice_none_and_auto_answer_validly(server: Server) -> None:
         assert message.content and "<tool_call>" not in message.content
 
 
-def test_streamed_tool_calls_accumulate_with_the_sdk_helper(server: Server) -> None:
+def test_streamed_tool_calls_accumulate_with_the_sdk_helper(server: Server, make_client: MakeClient) -> None:
     class GetWeather(BaseModel):
         city: str
         unit: str
@@ -127,7 +127,7 @@ def test_streamed_tool_calls_accumulate_with_the_sdk_helper(server: Server) -> N
     assert isinstance(parsed, GetWeather) and parsed.city
 
 
-def test_tool_result_round_trip(server: Server) -> None:
+def test_tool_result_round_trip(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     first = client.chat.completions.create(
         model=MODEL, messages=WEATHER_Q, tools=TOOLS[:1], tool_choice="required", temperature=0, max_tokens=120
@@ -149,7 +149,7 @@ def test_tool_result_round_trip(server: Server) -> None:
     assert second.usage.prompt_tokens > plain.usage.prompt_tokens + 20
 
 
-def test_parse_with_a_pydantic_model(server: Server) -> None:
+def test_parse_with_a_pydantic_model(server: Server, make_client: MakeClient) -> None:
     class City(BaseModel):
         name: str
         country: str
@@ -166,7 +166,7 @@ def test_parse_with_a_pydantic_model(server: Server) -> None:
     assert isinstance(parsed, City) and parsed.name
 
 
-def test_json_object_output_parses(server: Server) -> None:
+def test_json_object_output_parses(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "List three colours in a JSON object."}],
@@ -178,7 +178,7 @@ def test_json_object_output_parses(server: Server) -> None:
     assert isinstance(json.loads(resp.choices[0].message.content or ""), dict)
 
 
-def test_chat_logprobs(server: Server) -> None:
+def test_chat_logprobs(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).chat.completions.create(
         model=MODEL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
     )
@@ -197,7 +197,7 @@ def test_chat_logprobs(server: Server) -> None:
         assert sum(math.exp(t) for t in tops) <= 1.0 + 1e-6
 
 
-def test_completion_logprobs_and_echo(server: Server) -> None:
+def test_completion_logprobs_and_echo(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     prompt = "The capital of France is"
     resp = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=4, logprobs=2)
@@ -209,7 +209,7 @@ def test_completion_logprobs_and_echo(server: Server) -> None:
     assert echoed.choices[0].text == prompt + resp.choices[0].text
 
 
-def test_batched_and_token_id_prompts(server: Server) -> None:
+def test_batched_and_token_id_prompts(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     prompts = ["The capital of France is", "Two plus two equals"]
     batch = client.completions.create(model=MODEL, prompt=prompts, temperature=0, max_tokens=4, n=2)
@@ -223,7 +223,7 @@ def test_batched_and_token_id_prompts(server: Server) -> None:
     assert by_ids.usage is not None and by_ids.usage.prompt_tokens == len(ids)
 
 
-def test_n_choices_non_streamed_and_streamed(server: Server) -> None:
+def test_n_choices_non_streamed_and_streamed(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     resp = client.chat.completions.create(model=MODEL, messages=QUESTION, n=3, temperature=0.9, max_tokens=16, seed=7)
     assert [c.index for c in resp.choices] == [0, 1, 2]
@@ -254,7 +254,7 @@ def test_n_choices_non_streamed_and_streamed(server: Server) -> None:
     assert usage is not None and 2 <= usage.completion_tokens <= 2 * 16
 
 
-def test_seed_reproduces_sampled_output(server: Server) -> None:
+def test_seed_reproduces_sampled_output(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
 
     def sample(seed: int) -> str:
@@ -266,7 +266,7 @@ def test_seed_reproduces_sampled_output(server: Server) -> None:
     assert any(sample(s) != first for s in (1, 2, 3))
 
 
-def test_logit_bias_bans_and_forces_tokens(server: Server) -> None:
+def test_logit_bias_bans_and_forces_tokens(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     prompt = "The capital of France is"
     base = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=1, logprobs=0)
@@ -308,7 +308,9 @@ def _token_ids(server: Server, text: str) -> list[int]:
         ),
     ],
 )
-def test_sdk_bad_input_names_the_field(server: Server, fields: dict[str, Any], param: str) -> None:
+def test_sdk_bad_input_names_the_field(
+    server: Server, fields: dict[str, Any], param: str, make_client: MakeClient
+) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         make_client(server).chat.completions.create(model=MODEL, messages=QUESTION, **fields)
     assert err.value.status_code == 400

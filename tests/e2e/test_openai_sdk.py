@@ -5,24 +5,20 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import MakeClient, Server
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "Which city is the capital of France?"}]
 
 
-def make_client(server: Server, key: str = "sk-test") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-
-
-def test_chat_completion_mentions_paris(server: Server) -> None:
+def test_chat_completion_mentions_paris(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40)  # type: ignore[arg-type]
     assert "Paris" in (resp.choices[0].message.content or "")
     assert resp.choices[0].finish_reason == "stop"
     assert resp.usage is not None and resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 
-def test_streaming_with_include_usage(server: Server) -> None:
+def test_streaming_with_include_usage(server: Server, make_client: MakeClient) -> None:
     stream = make_client(server).chat.completions.create(
         model=MODEL,
         messages=QUESTION,  # type: ignore[arg-type]
@@ -41,7 +37,7 @@ def test_streaming_with_include_usage(server: Server) -> None:
     assert chunks[-1].usage.completion_tokens > 0
 
 
-def test_stream_helper_accumulates_the_message(server: Server) -> None:
+def test_stream_helper_accumulates_the_message(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     with client.chat.completions.stream(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40) as stream:  # type: ignore[arg-type]
         final = stream.get_final_completion()
@@ -66,7 +62,7 @@ async def test_async_client(server: Server) -> None:
     await client.close()
 
 
-def test_completions_and_models(server: Server) -> None:
+def test_completions_and_models(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     resp = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=4)
     assert "Paris" in resp.choices[0].text
@@ -75,7 +71,7 @@ def test_completions_and_models(server: Server) -> None:
     assert [m.id for m in models.data] == [MODEL]
 
 
-def test_sdk_raises_typed_errors(server: Server) -> None:
+def test_sdk_raises_typed_errors(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     with pytest.raises(openai.NotFoundError) as not_found:
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]

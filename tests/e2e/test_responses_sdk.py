@@ -13,8 +13,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.e2e.conftest import Server
-from tests.e2e.test_openai_sdk import MODEL, make_client
+from tests.e2e.conftest import MakeClient, Server
+from tests.e2e.test_openai_sdk import MODEL
 
 QUESTION = "Which city is the capital of France?"
 WEATHER: Any = {
@@ -25,7 +25,7 @@ WEATHER: Any = {
 }
 
 
-def test_create_and_previous_response_id(server: Server) -> None:
+def test_create_and_previous_response_id(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     first = client.responses.create(
         model=MODEL, input=QUESTION, instructions="Answer briefly.", temperature=0, max_output_tokens=40
@@ -50,14 +50,14 @@ def test_create_and_previous_response_id(server: Server) -> None:
     assert gone.value.code == "not_found"
 
 
-def test_max_output_tokens_makes_it_incomplete(server: Server) -> None:
+def test_max_output_tokens_makes_it_incomplete(server: Server, make_client: MakeClient) -> None:
     resp = make_client(server).responses.create(model=MODEL, input=QUESTION, max_output_tokens=3)
     assert resp.status == "incomplete" and resp.incomplete_details is not None
     assert resp.incomplete_details.reason == "max_output_tokens"
     assert resp.usage is not None and resp.usage.output_tokens == 3
 
 
-def test_stream_accumulates_into_the_same_response(server: Server) -> None:
+def test_stream_accumulates_into_the_same_response(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     full = client.responses.create(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=40)
     with client.responses.stream(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=40) as stream:
@@ -83,7 +83,7 @@ def test_stream_accumulates_into_the_same_response(server: Server) -> None:
     ]
 
 
-def test_function_call_round_trip(server: Server) -> None:
+def test_function_call_round_trip(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     ask: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
     once: Any = {"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False, "max_output_tokens": 60}
@@ -117,7 +117,7 @@ class Capital(BaseModel):
     city: Literal["Paris", "Berlin", "Madrid", "Rome"]
 
 
-def test_parse_with_a_pydantic_model(server: Server) -> None:
+def test_parse_with_a_pydantic_model(server: Server, make_client: MakeClient) -> None:
     parsed = make_client(server).responses.parse(
         model=MODEL, input=QUESTION, text_format=Capital, temperature=0, max_output_tokens=100
     )
@@ -125,7 +125,7 @@ def test_parse_with_a_pydantic_model(server: Server) -> None:
     assert parsed.output_parsed.city == "Paris"
 
 
-def test_errors_are_openai_shaped(server: Server) -> None:
+def test_errors_are_openai_shaped(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     with pytest.raises(openai.BadRequestError) as unsupported:
         client.responses.create(model=MODEL, input=QUESTION, background=True)
