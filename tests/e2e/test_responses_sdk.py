@@ -36,8 +36,11 @@ def test_create_and_previous_response_id(server: Server, make_client: MakeClient
     second = client.responses.create(
         model=MODEL, input="And of Germany?", previous_response_id=first.id, temperature=0, max_output_tokens=40
     )
-    assert "Berlin" in second.output_text and second.previous_response_id == first.id
-    assert second.usage is not None and second.usage.input_tokens > first.usage.input_tokens
+    assert second.output_text and second.previous_response_id == first.id
+    # The whole first turn (its prompt and its answer) is in the second prompt, before the new turn.
+    # (What a 135M model answers about Germany is not the server's to promise: greedy, it says Bremen.)
+    assert second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert client.responses.retrieve(first.id).output_text == first.output_text
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
