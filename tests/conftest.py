@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -14,6 +14,9 @@ from fastapi import FastAPI
 from server.http.app import create_app
 from server.runtime.model_store import DEFAULT_MODEL_ID, ensure_default_model
 from server.settings import DEFAULT_MODELS_DIR, ModelConfig, Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.vllm_engines import SharedEngines
 
 MODEL_ID = DEFAULT_MODEL_ID
 
@@ -65,3 +68,15 @@ async def client(
     """One shared app on the real model for the API tests (loading takes under a second)."""
     async with app_client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+async def vllm_engines() -> AsyncIterator[SharedEngines]:
+    """The vLLM engines shared by the contract, vLLM and tokenizer suites (tests/vllm_engines.py)."""
+    from tests.vllm_engines import SharedEngines
+
+    engines = SharedEngines()
+    try:
+        yield engines
+    finally:
+        await engines.close()

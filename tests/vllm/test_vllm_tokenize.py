@@ -5,7 +5,6 @@ same SmolLM2 GGUF, so both engines must produce the same ids. Embeddings are ref
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,40 +12,27 @@ from backends.base import Backend
 from backends.embeddings import EmbeddingRequest, TokenizeRequest
 from backends.errors import InvalidRequest, UnsupportedParameter
 from backends.registry import create_backend
-from backends.types import Device, Message, ModelFormat, ModelSpec
+from backends.types import Message, ModelFormat, ModelSpec
 from tests.marks import ENGINE_NOISE
-from toolkit.hf_prepare import default_fixtures
+from tests.vllm_engines import CPU, SharedEngines, checkpoint_path
 
 pytestmark = [pytest.mark.slow, *ENGINE_NOISE]
 
-CPU = Device(kind="cpu")
 CHAT = (Message("user", "Which city is the capital of France?"),)
 OPEN = (*CHAT, Message("assistant", "The capital is"))
 
 
 @pytest.fixture(scope="module")
-async def engines() -> AsyncIterator[tuple[Backend, Backend]]:
-    paths = default_fixtures(Path("~/.cache/quantserve/models").expanduser())
-    assert paths["bf16"].exists(), "run `quantserve models prepare --vllm`"
-    vllm = create_backend(
-        ModelSpec(
-            id="tok-vllm",
-            path=paths["bf16"],
-            format=ModelFormat.SAFETENSORS,
-            backend="vllm",
-            options={"max_model_len": 1024, "kv_cache_memory_gib": 0.5, "enforce_eager": True},
-        ),
-        CPU,
-    )
+async def engines(vllm_engines: SharedEngines) -> AsyncIterator[tuple[Backend, Backend]]:
+    """The session's shared bf16 engine beside the GGUF it was converted from."""
+    vllm = await vllm_engines.get("bf16")
     gguf = create_backend(
-        ModelSpec(id="tok-gguf", path=paths["gguf"], format=ModelFormat.GGUF, options={"n_ctx": 1024}), CPU
+        ModelSpec(id="tok-gguf", path=checkpoint_path("gguf"), format=ModelFormat.GGUF, options={"n_ctx": 1024}), CPU
     )
     await gguf.start()
-    await vllm.start()
     try:
         yield vllm, gguf
     finally:
-        await vllm.stop()
         await gguf.stop()
 
 
