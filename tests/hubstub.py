@@ -1,10 +1,11 @@
 """A local stand-in for the Hugging Face Hub's file endpoints, for the real ``huggingface_hub`` client.
 
 Our machines reach no model hub, so tests point ``HF_ENDPOINT`` at this server on loopback. It
-implements only what ``hf_hub_download``, ``snapshot_download`` and ``list_repo_tree`` /
-``list_repo_files`` call (read from huggingface_hub 2.4's code):
+implements only what ``hf_hub_download``, ``snapshot_download``, ``model_info`` and
+``list_repo_tree`` / ``list_repo_files`` call (read from huggingface_hub 2.4's code):
 
-- ``GET /api/models/{org}/{repo}[/revision/{rev}]``: ``{"id", "sha", "siblings"}`` (repo_info);
+- ``GET /api/models/{org}/{repo}[/revision/{rev}]``: ``{"id", "sha", "siblings"}`` (repo_info;
+  each sibling with its size, as the hub gives with ``blobs=true``);
 - ``GET /api/models/{org}/{repo}/tree/{rev}[/{path}]?recursive=...``: file entries (one page);
 - ``HEAD`` / ``GET /{org}/{repo}/resolve/{rev}/{path}``: the file, with ``X-Repo-Commit``, ``ETag``
   (the sha256, as the hub gives for LFS files), ``Content-Length``, and ``Range`` requests (206).
@@ -112,7 +113,7 @@ class HubStub:
                     return
                 names = [p.relative_to(stub.root / repo).as_posix() for p in files]
                 if m["tree"] is None:
-                    siblings = [{"rfilename": n} for n in names]
+                    siblings = [{"rfilename": n, "size": p.stat().st_size} for n, p in zip(names, files, strict=True)]
                     self._json(200, {"id": repo, "sha": stub.commit(repo), "siblings": siblings})
                     return
                 prefix = (m["sub"] or "").strip("/")

@@ -92,12 +92,13 @@ def _hub_error(ref: HubRef, exc: Exception) -> ConfigError:
 def _listing(ref: HubRef, download: bool) -> dict[str, int]:
     """File -> size in the repo: from the hub, else (offline) from the cache."""
     from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
 
     if download:
         try:
-            tree = HfApi().list_repo_tree(ref.repo_id, recursive=True, revision=ref.revision)
-            return {f.path: int(f.size) for f in tree if isinstance(f, RepoFile)}
+            # model_info, not list_repo_tree: the tree listing retries a refused connection five
+            # times with backoff (~23 s) before an offline user gets the cached copy.
+            info = HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+            return {s.rfilename: int(s.size or 0) for s in info.siblings or ()}
         except Exception as exc:
             if not _unreachable(exc):
                 raise _hub_error(ref, exc) from None
