@@ -21,8 +21,12 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends "${missing[@]}" \
-    || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; } \
+  # The .deb files (chromium alone is ~80 MB) are kept under ~/.cache for the next fresh machine.
+  debs="${XDG_CACHE_HOME:-$HOME/.cache}/quantserve/apt-archives"
+  mkdir -p "$debs/partial"
+  apt=($sudo apt-get -o "Dir::Cache::archives=$debs" install -y --no-install-recommends)
+  "${apt[@]}" "${missing[@]}" \
+    || { $sudo apt-get update && "${apt[@]}" "${missing[@]}"; } \
     || echo "scripts/test.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
 fi
 .venv/bin/ruff check server backends tests bench toolkit
