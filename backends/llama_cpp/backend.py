@@ -170,6 +170,7 @@ class LlamaCppBackend(Backend):
             "cache_type_v": opts.cache_type_v,
             "max_queue": opts.max_queue,
             "prefix_cache": opts.prefix_cache,
+            "sampler": opts.sampler,
         }
         if opts.engine_process:
             from backends.llama_cpp.process_engine import ProcessEngine

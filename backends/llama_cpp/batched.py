@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 class BatchedEngine:
     """Implements ``LlamaEngine``. ``n_ctx`` is per request; the context holds ``parallel x n_ctx``.
 
-    ``sampler`` picks the sampling route (``sampling.SAMPLER_ROUTES``); None reads
+    ``sampler`` picks the sampling route (``sampling.SAMPLER_ROUTES``); None or "auto" reads
     ``QUANTSERVE_LLAMA_SAMPLER`` (for benchmarks), else the model's placement decides: "backend"
     when layers are offloaded to a GPU, "numpy" on the CPU.
 
@@ -278,7 +278,8 @@ class BatchedEngine:
 
 
 def _sampler_route(sampler: str | None, n_gpu_layers: int) -> smp.SamplerRoute:
-    choice = sampler or os.environ.get("QUANTSERVE_LLAMA_SAMPLER") or "auto"
+    # The model's option wins; the environment variable lets a benchmark switch every model.
+    choice = sampler if sampler not in (None, "auto") else os.environ.get("QUANTSERVE_LLAMA_SAMPLER") or "auto"
     if choice == "auto":
         return "backend" if n_gpu_layers != 0 and lc.llama_supports_gpu_offload() else "numpy"
     for route in smp.SAMPLER_ROUTES:

@@ -65,6 +65,10 @@ class LlamaCppOptions(BackendOptions):
     # Run the engine in its own process, so a native crash costs this model a restart, not the
     # server. false: in the server's process (a crash there ends every model).
     engine_process: bool = True
+    # How plain requests are sampled (backends.llama_cpp.sampling): auto = "backend" (inside the
+    # decode graph) when layers are offloaded to a GPU, "numpy" (every sequence of a step
+    # together) on the CPU; "native" = llama.cpp's chain per sequence, as before either existed.
+    sampler: Literal["auto", "numpy", "backend", "native"] = "auto"
 
     @model_validator(mode="after")
     def _consistent(self) -> LlamaCppOptions:

@@ -100,3 +100,39 @@ def test_a_seed_gives_the_same_tokens_whatever_the_neighbours() -> None:
     b = [crowd.sample(logits, [0, 2, 3], d_crowd)[1] for _ in range(50)]
     assert a == b
     assert len(set(a)) > 1, "a sampled stream should not be constant"
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "n_gpu_layers", "route"),
+    [
+        ("auto", None, 0, "numpy"),  # the CPU default
+        ("auto", "native", 0, "native"),  # the variable switches models left on auto
+        ("backend", "native", 0, "backend"),  # a model's own choice wins
+        (None, "backend", 0, "backend"),
+    ],
+)
+def test_the_sampler_option_picks_the_route(
+    monkeypatch: pytest.MonkeyPatch, option: str | None, env: str | None, n_gpu_layers: int, route: str
+) -> None:
+    from backends.llama_cpp.batched import _sampler_route
+
+    if env is None:
+        monkeypatch.delenv("QUANTSERVE_LLAMA_SAMPLER", raising=False)
+    else:
+        monkeypatch.setenv("QUANTSERVE_LLAMA_SAMPLER", env)
+    assert _sampler_route(option, n_gpu_layers) == route
+
+
+def test_an_unknown_sampler_is_refused_by_the_options_and_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from backends.errors import ConfigError
+    from backends.llama_cpp.batched import _sampler_route
+    from backends.llama_cpp.options import LlamaCppOptions
+
+    with pytest.raises(ValidationError, match="sampler"):
+        LlamaCppOptions.model_validate({"sampler": "fast"})
+    assert LlamaCppOptions.model_validate({"sampler": "native"}).sampler == "native"
+    monkeypatch.setenv("QUANTSERVE_LLAMA_SAMPLER", "fast")
+    with pytest.raises(ConfigError, match="sampler must be one of auto, numpy, backend, native; got 'fast'"):
+        _sampler_route("auto", 0)
