@@ -1,6 +1,6 @@
 """The engine process: one model's ``BatchedEngine`` (and its embedding context) behind a pipe.
 
-Started by ``process_engine.ProcessEngine`` as ``python -m backends.llama_cpp.engine_child FD MODEL``, a
+Started by ``process_engine.ProcessEngine`` as ``python -m backends.llama_cpp.engine_start FD MODEL``, a
 fresh interpreter (never a fork: the server holds threads and, for a restart, a dead engine's
 state; and unlike multiprocessing's "spawn" it never re-imports the server's main module), with
 one end of a socket pair as FD. It reads its ``ChildConfig`` from it, loads the model, reports
@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,8 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def main(fd: int) -> None:
-    """Ctrl-C reaches the whole process group: the server decides when we stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Serve on FD; ``engine_start`` has imported what the engine needs and ignores Ctrl-C."""
     conn = Connection(fd)
     try:
         config = conn.recv()
@@ -176,7 +173,3 @@ class _Serve:
             with contextlib.suppress(Exception):
                 if self._engine.stats() != self._last_stats:
                     self._send([])
-
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]))

@@ -53,10 +53,16 @@ def exit_description(exitcode: int | None) -> str:
 
 def _child_env() -> dict[str, str]:
     """Our environment, with the directory this ``backends`` package came from first on the
-    child's import path: it must run the same code as the server, wherever that was started."""
+    child's import path: it must run the same code as the server, wherever that was started.
+    One thread for OpenBLAS unless the user chose otherwise."""
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
-    return without_vllm_preload({**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"})
+    env = {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+    # The engine's numpy only samples (element-wise work on one step's logits): OpenBLAS's thread
+    # pool would be idle threads beside llama.cpp's, started at numpy's import, which runs at
+    # lowered priority (engine_start).
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return without_vllm_preload(env)
 
 
 def without_vllm_preload(env: dict[str, str]) -> dict[str, str]:
@@ -81,7 +87,7 @@ class ProcessEngine:
         try:
             # stdout/stderr are the server's: the engine's log lines land in the server log.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "backends.llama_cpp.engine_child", str(child_sock.fileno()), label],
+                [sys.executable, "-m", "backends.llama_cpp.engine_start", str(child_sock.fileno()), label],
                 pass_fds=(child_sock.fileno(),),
                 env=_child_env(),
             )

@@ -61,7 +61,7 @@ def engine_pids(server_pid: int, model_id: str | None = None) -> list[int]:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except (OSError, IndexError, ValueError):
             continue  # exited meanwhile
-        is_engine = ppid == server_pid and "backends.llama_cpp.engine_child" in argv
+        is_engine = ppid == server_pid and "backends.llama_cpp.engine_start" in argv
         if is_engine and (model_id is None or model_id in argv):
             found.append(int(entry.name))
     return found

@@ -8,6 +8,8 @@ engine's typed errors (429 ``Overloaded`` with its Retry-After, 400 ``InvalidReq
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,35 @@ async def test_embeddings_come_from_the_engine_process(engine: ProcessEngine) ->
     vectors = await engine.embed(inputs)
     assert [len(v) for v in vectors] == [engine.embedding_size] * 2
     assert all(abs(sum(x * x for x in v) - 1.0) < 1e-4 for v in vectors)
+
+
+def _nice_of_threads(pid: int) -> dict[str, int]:
+    """name -> nice of every thread of ``pid`` (/proc/PID/task/TID/stat field 19)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        found[f"{name}/{task.name}"] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return found
+
+
+def test_only_the_import_thread_is_lowered_and_the_engine_serves_at_normal_priority(
+    engine: ProcessEngine,
+) -> None:
+    """Loading a model must not take cores from the models already serving (its imports run at
+    nice 10), but the engine it leaves behind must not stay slowed down: Linux nice values are
+    per thread, so every thread of the running engine process is at the server's own priority."""
+    from backends.llama_cpp.engine_start import IMPORT_NICE, lower_this_thread
+
+    seen: list[int] = []
+
+    def lowered() -> None:
+        assert lower_this_thread()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    worker = threading.Thread(target=lowered)
+    worker.start()
+    worker.join()
+    assert seen == [IMPORT_NICE]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == os.getpriority(os.PRIO_PROCESS, 0) == 0
+    threads = _nice_of_threads(engine.pid)
+    assert len(threads) >= 2 and set(threads.values()) == {os.nice(0)}, threads
