@@ -47,7 +47,8 @@ def assert_anthropic_error(resp: Any, status: int, type_: str, needle: str) -> N
         (msg_body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0"),
         (msg_body(tool_choice={"type": "any"}), "tool_choice"),
         (msg_body(tools=[TOOL], tool_choice={"type": "tool", "name": "g"}), "tool_choice"),
-        (msg_body(thinking={"type": "enabled", "budget_tokens": 1024}), "thinking"),
+        (msg_body(thinking={"type": "sometimes"}), "thinking"),
+        (msg_body(messages=[{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]), "thinking"),
         (msg_body(messages=[*CAPITAL, {"role": "assistant", "content": "The"}]), "prefill"),
         (
             msg_body(messages=[{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]),
