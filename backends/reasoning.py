@@ -112,12 +112,13 @@ class ReasoningSplitter:
         return True
 
     def finish(self) -> tuple[str, str]:
-        """End of output: an unclosed block is all reasoning; anything else held back is text."""
+        """End of output: an unclosed block is all reasoning; a header cut short (by max_tokens)
+        is neither; anything else held back is text."""
         rest, self._buf = self._buf, ""
         if self._state == "think":
             return rest, ""
-        if self._state == "after":
-            return "", rest.lstrip()
+        if self._state in ("after", "answer"):  # all it holds is whitespace or part of a header
+            return "", ""
         return "", rest
 
 

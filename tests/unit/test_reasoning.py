@@ -73,6 +73,8 @@ def test_harmony_channels(size: int) -> None:
     assert split(HARMONY_THINK, "<|channel|>final<|message|>4", size) == ("", "4")
     assert split(HARMONY_THINK, HARMONY_CALL, size) == ("", HARMONY_CALL)
     assert split(HARMONY_THINK, analysis[:-3], size) == ("User asks 2+2.<|en", "")  # cut: all reasoning
+    for cut in ("<|sta", "<|start|>assistant<|channel|>fi"):  # cut in a header: neither
+        assert split(HARMONY_THINK, analysis + cut, size) == ("User asks 2+2.", "")
 
 
 def test_the_real_gpt_oss_template_renders_reasoning_history_and_is_split() -> None:
