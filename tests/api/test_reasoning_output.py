@@ -178,12 +178,19 @@ def force(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     yield apply
 
 
-async def test_thinking_blocks_through_the_anthropic_sdk(
-    thinker: AppClient, sdks: SDKs, force: Callable[[str], None]
-) -> None:
+Thought = tuple[anthropic.AsyncAnthropic, openai.AsyncOpenAI, dict[str, object]]
+
+
+@pytest.fixture
+async def thought(thinker: AppClient, sdks: SDKs, force: Callable[[str], None]) -> Thought:
+    """Both SDKs on the app whose model opens its block, THOUGHT forced on both APIs, and chat's
+    message for the same question (its split is what the other APIs must return)."""
     force(THOUGHT)
-    claude, _ = sdks(thinker)
-    chat = await _message(thinker, grammar=THOUGHT)
+    return (*sdks(thinker), await _message(thinker, grammar=THOUGHT))
+
+
+async def test_thinking_blocks_through_the_anthropic_sdk(thought: Thought) -> None:
+    claude, _, chat = thought
     msg = await claude.messages.create(model=MODEL, max_tokens=60, messages=CAPITAL, extra_body=GREEDY)
     thinking, text = msg.content
     assert isinstance(thinking, anthropic.types.ThinkingBlock) and isinstance(text, anthropic.types.TextBlock)
@@ -217,12 +224,8 @@ async def test_the_thinking_param_and_thinking_history(opener: AppClient, sdks: 
     assert counts[1] > counts[0]  # the thinking went back into the prompt
 
 
-async def test_reasoning_items_through_the_openai_sdk(
-    thinker: AppClient, sdks: SDKs, force: Callable[[str], None]
-) -> None:
-    force(THOUGHT)
-    _, oai = sdks(thinker)
-    chat = await _message(thinker, grammar=THOUGHT)
+async def test_reasoning_items_through_the_openai_sdk(thought: Thought) -> None:
+    _, oai, chat = thought
     question = CAPITAL[0]["content"]
     resp = await oai.responses.create(model=MODEL, input=question, max_output_tokens=60, temperature=0)
     reasoning, message = resp.output
