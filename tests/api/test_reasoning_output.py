@@ -108,16 +108,6 @@ async def test_enable_thinking_false_leaves_only_content(opener: httpx.AsyncClie
     assert "reasoning_content" not in message and message["content"]
 
 
-async def test_calls_forced_in_a_block_the_template_opened(opener: AppClient) -> None:
-    """tool_choice "required" makes the model call at once, inside the block the template
-    opened: the call is the answer, not reasoning."""
-    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": city}}]
-    body = chat_body(tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=60)
-    choice = (await opener.post("/v1/chat/completions", json=body)).json()["choices"][0]
-    assert choice["finish_reason"] == "tool_calls" and "reasoning_content" not in choice["message"], choice
-
-
 async def test_reasoning_history_goes_back_into_the_prompt(thinker: httpx.AsyncClient) -> None:
     plain = [
         {"role": "user", "content": "2+2?"},
