@@ -18,9 +18,13 @@ THINK = ReasoningMarkers("<think>", "</think>")
 MISTRAL_THINK = ReasoningMarkers("[THINK]", "[/THINK]")
 SEED_THINK = ReasoningMarkers("<seed:think>", "</seed:think>")
 APERTUS_THINK = ReasoningMarkers("<|inner_prefix|>", "<|inner_suffix|>")
-# gpt-oss's harmony format: reasoning is the analysis channel; the answer is the final channel.
+# gpt-oss's harmony format: reasoning is the analysis channel; the answer is the final channel
+# (a commentary channel addressed to a function is a tool call, left to the call parser).
 HARMONY_THINK = ReasoningMarkers(
-    "<|channel|>analysis<|message|>", "<|end|>", answer_prefix="<|start|>assistant<|channel|>final<|message|>"
+    "<|channel|>analysis<|message|>",
+    "<|end|>",
+    turn_start="<|start|>assistant",
+    answer_prefix="<|channel|>final<|message|>",
 )
 
 

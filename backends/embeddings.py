@@ -8,7 +8,8 @@ optional capabilities a backend may lack (``Backend.embed`` / ``tokenize`` / ``d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from backends.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from backends.types import Message, ToolDef
@@ -48,6 +49,8 @@ class TokenizeRequest:
     return_token_strs: bool = False
     # Functions the prompt offers (chat only), rendered as generation would render them.
     tools: tuple[ToolDef, ...] = ()
+    # Extra chat-template variables, as generation passes them (e.g. enable_thinking).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

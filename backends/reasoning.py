@@ -12,22 +12,32 @@ generation prompt ends with the open marker, as DeepSeek-R1 and QwQ do); a block
 closed (``enable_thinking: false`` renders an empty one); a block never closed (cut by
 ``max_tokens``): all of it is reasoning. Only a block at the start of the answer counts, as
 llama-server and vLLM parse it: a marker later in the text is content.
+
+gpt-oss writes headers around its channels, not markers a reader should see: after the analysis
+channel a new turn opens (``<|start|>assistant``), and the answer is the final channel
+(``<|channel|>final<|message|>``), which may also come first when the model skips its analysis.
+Both are dropped; any other channel (``commentary`` to a function: a tool call) stays in the text
+for the family's call parser. llama.cpp writes these control tokens out (it marks them
+user-defined for gpt-oss), so they reach the splitter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from backends.textstream import partial_suffix
-from backends.types import GenerationChunk, GenerationRequest
+from backends.types import GenerationChunk, GenerationRequest, JsonConstraint, ToolCallConstraint
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningMarkers:
     open: str
     close: str
-    # Text between the close marker and the answer that belongs to neither (gpt-oss's header of
-    # its final channel); removed when it comes right after the close.
+    # A new turn's header right after the close (gpt-oss: ``<|start|>assistant``); removed.
+    turn_start: str = ""
+    # The answer's own header (gpt-oss's final channel), removed where the answer starts: right
+    # after the close (and turn_start), or first thing when the model wrote no block.
     answer_prefix: str = ""
 
     def opened_by(self, prompt: str) -> bool:
@@ -43,9 +53,16 @@ class ReasoningSplitter:
     def __init__(self, markers: ReasoningMarkers, *, inside: bool = False) -> None:
         self._m = markers
         # "start": before the answer's first visible character; "think"; "after": just closed
-        # (leading whitespace and the answer prefix are dropped); "text": the answer.
+        # (leading whitespace and the turn header are dropped); "answer": where the answer's
+        # header may come; "text": the answer.
         self._state = "think" if inside else "start"
         self._buf = ""
+        # Tokens sampled while the block was open, its markers included (usage reports them).
+        self.reasoning_tokens = 0
+
+    @property
+    def thinking(self) -> bool:
+        return self._state == "think"
 
     def feed(self, piece: str) -> tuple[str, str]:
         self._buf += piece
@@ -59,7 +76,7 @@ class ReasoningSplitter:
                     continue
                 if self._m.open.startswith(body):
                     break  # still possibly the marker (or only whitespace so far)
-                self._state = "text"
+                self._state = "answer"  # the whitespace stays: a plain answer keeps it
             elif self._state == "think":
                 end = self._buf.find(self._m.close)
                 if end >= 0:
@@ -71,27 +88,60 @@ class ReasoningSplitter:
                 self._buf = self._buf[len(self._buf) - keep :]
                 break
             elif self._state == "after":
-                body = self._buf.lstrip()
-                prefix = self._m.answer_prefix
-                if prefix and body.startswith(prefix):
-                    self._buf, self._state = body[len(prefix) :].lstrip(), "text"
-                    continue
-                if not body or (prefix and prefix.startswith(body)):
+                if not self._header(self._m.turn_start, "answer", strip=True):
                     break
-                self._buf, self._state = body, "text"
+            elif self._state == "answer":
+                if not self._header(self._m.answer_prefix, "text", strip=False):
+                    break
             else:
                 text.append(self._buf)
                 self._buf = ""
         return "".join(reasoning), "".join(text)
 
+    def _header(self, header: str, then: str, *, strip: bool) -> bool:
+        """Drop ``header`` (and whitespace before it) if the buffer starts with it, then move to
+        ``then``; False while the buffer could still become it. ``strip``: whitespace before
+        whatever follows is dropped too."""
+        body = self._buf.lstrip()
+        if header and body.startswith(header):
+            self._buf, self._state = body[len(header) :], then
+        elif not body or (header and header.startswith(body)):
+            return False
+        else:
+            self._buf, self._state = body if strip else self._buf, then
+        return True
+
     def finish(self) -> tuple[str, str]:
-        """End of output: an unclosed block is all reasoning; anything else held back is text."""
+        """End of output: an unclosed block is all reasoning; a header cut short (by max_tokens)
+        is neither; anything else held back is text."""
         rest, self._buf = self._buf, ""
         if self._state == "think":
             return rest, ""
-        if self._state == "after":
-            return "", rest.lstrip()
+        if self._state in ("after", "answer"):  # all it holds is whitespace or part of a header
+            return "", ""
         return "", rest
+
+
+def reasoning_fields(reasoning: str) -> dict[str, str]:
+    """An earlier assistant turn's reasoning as templates read it: most as ``reasoning_content``;
+    gpt-oss and LFM2 as ``thinking`` (llama.cpp copies it there for them). Both, since a
+    template that knows both prefers one (Cohere's)."""
+    return {"reasoning_content": reasoning, "thinking": reasoning}
+
+
+def template_switches(*, enable: bool | None = None, effort: str | None = None) -> dict[str, Any]:
+    """The chat-template variables that switch a family's reasoning, as llama-server sets them
+    from a request: ``enable_thinking`` (Qwen3, SmolLM3, DeepSeek, GLM, ...) and
+    ``reasoning_effort`` (gpt-oss and others); effort "none" means no reasoning. A template that
+    does not know a variable ignores it."""
+    out: dict[str, Any] = {}
+    if effort == "none":
+        enable = False if enable is None else enable
+    elif effort is not None:
+        out["reasoning_effort"] = effort
+    if enable is not None:
+        out["enable_thinking"] = enable
+    return out
 
 
 def splitter_for(markers: ReasoningMarkers | None, req: GenerationRequest, prompt: str) -> ReasoningSplitter | None:
@@ -99,16 +149,26 @@ def splitter_for(markers: ReasoningMarkers | None, req: GenerationRequest, promp
     family has no markers or the client asked for the raw text (``reasoning_format: none``)."""
     if markers is None or not req.split_reasoning or req.messages is None:
         return None
-    return ReasoningSplitter(markers, inside=markers.opened_by(prompt))
+    # Output constrained from its first token (JSON, calls the model must make) can never close a
+    # block the template opened: what the model writes there is its answer, not reasoning.
+    c = req.constraint
+    forced = isinstance(c, JsonConstraint) or (isinstance(c, ToolCallConstraint) and c.required)
+    return ReasoningSplitter(markers, inside=markers.opened_by(prompt) and not forced)
 
 
 def split_chunk(splitter: ReasoningSplitter | None, chunk: GenerationChunk) -> GenerationChunk:
     """One engine chunk with its text split into ``reasoning`` and ``text`` (the last chunk
-    also releases whatever the splitter held back)."""
+    also releases whatever the splitter held back, and its usage counts the reasoning tokens)."""
     if splitter is None:
         return chunk
+    was_thinking = splitter.thinking
     reasoning, text = splitter.feed(chunk.text)
-    if chunk.finish_reason is not None:
-        more_reasoning, more_text = splitter.finish()
-        reasoning, text = reasoning + more_reasoning, text + more_text
-    return replace(chunk, text=text, reasoning=reasoning)
+    if was_thinking or splitter.thinking:  # the chunk opened, continued or closed the block
+        splitter.reasoning_tokens += chunk.tokens
+    if chunk.finish_reason is None:
+        return replace(chunk, text=text, reasoning=reasoning)
+    more_reasoning, more_text = splitter.finish()
+    usage = chunk.usage
+    if usage is not None:
+        usage = replace(usage, reasoning_tokens=min(splitter.reasoning_tokens, usage.completion_tokens))
+    return replace(chunk, text=text + more_text, reasoning=reasoning + more_reasoning, usage=usage)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.errors import InvalidRequest, UnsupportedParameter
+from backends.reasoning import reasoning_fields
 from backends.textstream import partial_suffix
 from backends.types import Constraint, GrammarConstraint, JsonConstraint, Message, ToolCall, ToolCallConstraint, ToolDef
 
@@ -149,7 +150,7 @@ def template_messages(
             content = "\n".join(filter(None, [content, *(call_text(c) for c in m.tool_calls)]))
         entry: dict[str, Any] = {"role": m.role, "content": content}
         if m.reasoning is not None:
-            entry["reasoning_content"] = m.reasoning
+            entry.update(reasoning_fields(m.reasoning))
         if m.name is not None:
             entry["name"] = m.name
         out.append(entry)
@@ -168,7 +169,7 @@ def _native_dict(m: Message) -> dict[str, Any]:
     # Content stays a string (empty beside tool calls): many templates test ``'x' in content``.
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.reasoning is not None:
-        out["reasoning_content"] = m.reasoning
+        out.update(reasoning_fields(m.reasoning))
     if m.name is not None:
         out["name"] = m.name
     if m.tool_calls:

@@ -149,6 +149,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # Of the completion tokens, those spent reasoning (see ``backends.reasoning.split_chunk``).
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -81,6 +81,16 @@ def markers_table() -> str:
     return "\n".join(rows)
 
 
+# What the markers table cannot say: gpt-oss's headers, and where past reasoning goes.
+MARKERS_NOTE = """gpt-oss's headers are neither reasoning nor answer and are dropped: the new turn after the
+analysis (`<|start|>assistant`) and the final channel's header (`<|channel|>final<|message|>`,
+also when the model skips its analysis); a commentary channel addressed to a function stays for
+the call parser. llama.cpp writes these control tokens into the text (it marks gpt-oss's
+user-defined); on vLLM, a model whose reasoning or call markers are special tokens is detokenized
+with its special tokens kept, or they would vanish. Templates read an earlier turn's reasoning as
+`reasoning_content`, gpt-oss's and LFM2's as `thinking`: both are set."""
+
+
 def corpus_table() -> str:
     rows = [
         "| template | family | tools rendered by the template | tool-call syntax used | reasoning markers |",
@@ -98,7 +108,7 @@ def corpus_table() -> str:
 
 def render() -> str:
     return (
-        f"{INTRO}\n## Families\n\n{rules_table()}\n\n## Reasoning markers\n\n{markers_table()}\n\n"
+        f"{INTRO}\n## Families\n\n{rules_table()}\n\n## Reasoning markers\n\n{markers_table()}\n\n{MARKERS_NOTE}\n\n"
         "## llama.cpp's template corpus, as quantserve reads it\n\n"
         "The real templates vendored in the pinned llama-cpp-python sdist "
         "(`vendor/llama.cpp/models/templates`):\n\n"

@@ -338,9 +338,12 @@ class LlamaCppBackend(Backend):
     def _render_for_tokenize(self, req: TokenizeRequest, messages: tuple[Message, ...]) -> str:
         if self._template is None:
             raise InvalidRequest(f"model {self.spec.id!r} has no chat template; send a prompt", param="messages")
+        kwargs = req.template_kwargs
         if not req.continue_final_message:
-            return self._template.render(messages, tools=req.tools, add_generation_prompt=req.add_generation_prompt)
-        rendered = self._template.render(messages, tools=req.tools, add_generation_prompt=False)
+            return self._template.render(
+                messages, tools=req.tools, add_generation_prompt=req.add_generation_prompt, kwargs=kwargs
+            )
+        rendered = self._template.render(messages, tools=req.tools, add_generation_prompt=False, kwargs=kwargs)
         return cut_after_final_message(rendered, messages[-1].content)
 
     async def detokenize(self, tokens: list[int]) -> str:

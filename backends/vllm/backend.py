@@ -26,18 +26,8 @@ from backends.base import Backend
 from backends.call_formats import FORMATS, CallFormat, call_format, in_format
 from backends.chat_format import ChatFormat, detect
 from backends.checks import check_prompt_fits, check_token_ids, check_unicode
-from backends.embeddings import (
-    EmbeddingRequest,
-    EmbeddingResult,
-    TokenizeRequest,
-    TokenizeResult,
-)
-from backends.errors import (
-    BackendStartupError,
-    BackendUnavailable,
-    InvalidRequest,
-    UnsupportedParameter,
-)
+from backends.embeddings import EmbeddingRequest, EmbeddingResult, TokenizeRequest, TokenizeResult
+from backends.errors import BackendStartupError, BackendUnavailable, InvalidRequest, UnsupportedParameter
 from backends.reasoning import split_chunk, splitter_for
 from backends.types import (
     BackendInfo,
@@ -51,6 +41,7 @@ from backends.types import (
 )
 from backends.vllm.convert import (
     EngineCounts,
+    keeps_special_tokens,
     render_chat,
     render_tokenize_chat,
     stat_logger_factory,
@@ -94,6 +85,7 @@ class VllmBackend(Backend):
         self._engine: Any = None
         self._tokenizer: Any = None
         self._format: ChatFormat = detect("")
+        self._keep_special = False  # see keeps_special_tokens
         self._max_model_len = options.max_model_len or 0
         self._quantization = options.quantization or spec.format.value
         self._kv_cache_dtype = options.kv_cache_dtype
@@ -243,6 +235,7 @@ class VllmBackend(Backend):
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
         self._format = detect(str(getattr(self._tokenizer, "chat_template", "") or ""))
+        self._keep_special = keeps_special_tokens(self._tokenizer, self._format, self.call_format())
         self._max_model_len = int(engine.model_config.max_model_len)
         self._quantization = str(engine.model_config.quantization or "none")
         self._kv_cache_dtype = str(engine.vllm_config.cache_config.cache_dtype)
@@ -320,7 +313,7 @@ class VllmBackend(Backend):
         if req.suffix is not None:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported on vLLM", param="suffix")
         constraint = in_format(req.constraint, self.call_format())
-        params = to_vllm_sampling(req.sampling, constraint)
+        params = to_vllm_sampling(req.sampling, constraint, skip_special=not self._keep_special)
         from vllm.inputs import TokensPrompt
 
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from backends import tools as tl
 from backends.call_formats import FORMATS, CallFormat, call_format
+from backends.chat_format import ChatFormat
 from backends.embeddings import TokenizeRequest
 from backends.errors import BackendUnavailable, InvalidRequest, Overloaded
 from backends.types import (
@@ -153,6 +154,7 @@ def render_tokenize_chat(tok: Any, req: TokenizeRequest) -> str:
         (),
         add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
         continue_final_message=req.continue_final_message,
+        template_kwargs=req.template_kwargs,
     )
 
 
@@ -187,7 +189,20 @@ def _apply_template(
         raise InvalidRequest(message, param="messages") from None
 
 
-def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) -> Any:
+def keeps_special_tokens(tok: Any, fmt: ChatFormat, calls: CallFormat) -> bool:
+    """Must this model's text keep its special tokens? Yes when the family's reasoning or call
+    markers are made of them (gpt-oss's ``<|channel|>``, ``<|message|>``, ``<|end|>``): vLLM's
+    default detokenization (``skip_special_tokens``) would drop them, and nothing could split the
+    output. (llama.cpp writes those out: it marks gpt-oss's channel tokens user-defined.)"""
+    markers = [calls.block_open, calls.call_open, calls.name_sep, calls.call_close]
+    if fmt.reasoning is not None:
+        m = fmt.reasoning
+        markers += [m.open, m.close, m.turn_start, m.answer_prefix]
+    special = set(getattr(tok, "all_special_ids", None) or ())
+    return any(t in special for text in markers if text for t in tok.encode(text, add_special_tokens=False))
+
+
+def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None, *, skip_special: bool = True) -> Any:
     """Our sampling parameters as vLLM's, streaming deltas; invalid values -> ``InvalidRequest``."""
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -206,7 +221,7 @@ def to_vllm_sampling(s: SamplingParams, constraint: Constraint | None = None) ->
             frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repeat_penalty,
             output_kind=RequestOutputKind.DELTA,
-            skip_special_tokens=True,
+            skip_special_tokens=skip_special,
             logprobs=s.logprobs,
             logit_bias=dict(s.logit_bias) or None,
             structured_outputs=structured_outputs(constraint),

@@ -1,7 +1,8 @@
 """Anthropic's named stream events, in its order, from one started generation:
 
 ``message_start``, ``ping``, then per content block ``content_block_start``,
-``content_block_delta`` (``text_delta`` or ``input_json_delta``) ..., ``content_block_stop``; then
+``content_block_delta`` (``thinking_delta`` then one ``signature_delta``, ``text_delta``, or
+``input_json_delta``) ..., ``content_block_stop``; then
 ``message_delta`` (stop reason, usage) and ``message_stop``. A failure after the 200 is an
 ``error`` event. The same generation, folded, is the non-streamed message.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from sse_starlette import ServerSentEvent
 
 from server.anthropic.errors import error_event
-from server.anthropic.render import MessageRenderer, delta_blocks, stop_reason, usage_dict
+from server.anthropic.render import MessageRenderer, delta_blocks, stop_reason, thinking_block, usage_dict
 from server.openai.choices import ChoiceState, Delta
 from server.openai.streaming import Generation, close_stream, merged
 
@@ -34,19 +35,27 @@ def _event(name: str, body: dict[str, Any]) -> dict[str, str]:
     return {"event": name, "data": json.dumps({"type": name, **body}, ensure_ascii=False)}
 
 
+# Anthropic sends a thinking block's signature last, just before the block closes.
+_SIGNED = {"type": "signature_delta", "signature": thinking_block("")["signature"]}
+
+
 class _Blocks:
-    """Which content block is open. Text extends the open text block; any other block opens, sends
-    its one delta and closes. Whitespace-only text waits until real text follows, so the newline a
-    model writes before a tool call never becomes a block of its own."""
+    """Which content block is open. Thinking extends an open thinking block and text an open text
+    block; anything else closes the open block first (a thinking block with its signature). A tool
+    call opens, sends its one delta and closes. Whitespace-only text waits until real text
+    follows, so the newline a model writes before a tool call never becomes a block of its own."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.text_open = False
+        self.open: str | None = None  # the kind of the open block: "thinking" or "text"
         self.pending = ""
 
     def events(self, delta: Delta) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
         for block in delta_blocks(delta):
+            if block["type"] == "thinking":
+                out += self._extend("thinking", block["thinking"])
+                continue
             if block["type"] == "text":
                 out += self._text(block["text"])
                 continue
@@ -62,41 +71,41 @@ class _Blocks:
         return out
 
     def _text(self, text: str) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        if not self.text_open:
+        if self.open != "text":
             if not (self.pending + text).strip():
                 self.pending += text
-                return out
+                return []
             text, self.pending = self.pending + text, ""
-            out.append(self._open_text())
-        out.append(_event("content_block_delta", {"index": self.count - 1, "delta": _text_delta(text)}))
-        return out
+        return self._extend("text", text)
 
-    def _open_text(self) -> dict[str, str]:
-        self.text_open = True
-        self.count += 1
-        return _event("content_block_start", {"index": self.count - 1, "content_block": _empty_text()})
+    def _extend(self, kind: str, text: str) -> list[dict[str, str]]:
+        """A delta to the open block of this kind, opening one first (after closing another)."""
+        out: list[dict[str, str]] = []
+        if self.open != kind:
+            out += self.close()
+            self.open = kind
+            self.count += 1
+            empty = thinking_block("") if kind == "thinking" else {"type": "text", "text": ""}
+            out.append(_event("content_block_start", {"index": self.count - 1, "content_block": empty}))
+        delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else _text_delta(text)
+        out.append(_event("content_block_delta", {"index": self.count - 1, "delta": delta}))
+        return out
 
     def finish(self, called_tools: bool) -> list[dict[str, str]]:
         """End of output: held whitespace is the answer only when nothing else was said."""
         out: list[dict[str, str]] = []
         if self.pending and not called_tools:
             text, self.pending = self.pending, ""
-            out += [
-                self._open_text(),
-                _event("content_block_delta", {"index": self.count - 1, "delta": _text_delta(text)}),
-            ]
+            out += self._extend("text", text)
         return out + self.close()
 
     def close(self) -> list[dict[str, str]]:
-        if not self.text_open:
+        if self.open is None:
             return []
-        self.text_open = False
-        return [_event("content_block_stop", {"index": self.count - 1})]
-
-
-def _empty_text() -> dict[str, str]:
-    return {"type": "text", "text": ""}
+        index = self.count - 1
+        out = [] if self.open != "thinking" else [_event("content_block_delta", {"index": index, "delta": _SIGNED})]
+        self.open = None
+        return [*out, _event("content_block_stop", {"index": index})]
 
 
 def _text_delta(text: str) -> dict[str, str]:

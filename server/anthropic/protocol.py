@@ -1,8 +1,8 @@
 """Anthropic Messages request models. Validation failures become 400s in Anthropic's error shape.
 
-Fields Anthropic defines that this server cannot honour (extended thinking, images, server tools)
-fail validation or are refused by name in ``server.anthropic.translate``; fields Anthropic does not
-define are refused as unrecognized.
+Fields Anthropic defines that this server cannot honour (images, server tools) fail validation or
+are refused by name in ``server.anthropic.translate``; fields Anthropic does not define are
+refused as unrecognized.
 """
 
 from __future__ import annotations
@@ -47,7 +47,27 @@ class ToolResultBlock(_Strict):
         return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
 
 
-ContentBlock = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+class ThinkingBlock(_Strict):
+    """An earlier turn's thinking, sent back: it becomes that turn's reasoning in the prompt.
+    The signature is not checked (this server signs nothing: it returns an empty one)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class RedactedThinkingBlock(_Strict):
+    """Thinking another server encrypted: nothing a local model can read, so it is dropped."""
+
+    type: Literal["redacted_thinking"]
+    data: str
+    cache_control: dict[str, Any] | None = None
+
+
+ContentBlock = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")
+]
 
 
 class InputMessage(_Strict):
@@ -96,9 +116,13 @@ ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolCho
 
 
 class ThinkingConfig(_Strict):
-    type: str  # "disabled" is the only kind this server honours (translate refuses the others)
-    budget_tokens: int | None = None
-    display: str | None = None
+    """Whether the model reasons (the template's ``enable_thinking``; "adaptive" leaves the
+    template's default). ``budget_tokens`` is accepted and not enforced apart: ``max_tokens``
+    caps thinking and answer together. ``display: "omitted"`` leaves the thinking out."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(default=None, ge=1)
+    display: Literal["summarized", "omitted"] | None = None
 
 
 class JsonOutputFormat(_Strict):
@@ -113,7 +137,7 @@ class JsonOutputFormat(_Strict):
 
 class OutputConfig(_Strict):
     format: JsonOutputFormat | None = None
-    effort: str | None = None  # refused when set: it steers a thinking budget this server does not have
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # the template's reasoning_effort
 
 
 class CountTokensRequest(_Strict):

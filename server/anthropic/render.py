@@ -35,11 +35,19 @@ def tool_use_block(call: ToolCall) -> dict[str, Any]:
     return {"type": "tool_use", "id": call.id, "name": call.name, "input": json.loads(call.arguments)}
 
 
+def thinking_block(thinking: str) -> dict[str, str]:
+    # Anthropic signs thinking so it can tell its own when a client sends it back; a local model's
+    # thinking has nothing to prove. Empty, as llama-server sends it; the SDKs accept that.
+    return {"type": "thinking", "thinking": thinking, "signature": ""}
+
+
 def delta_blocks(delta: Delta) -> list[dict[str, Any]]:
-    """What one engine delta adds to the message, as whole content blocks in order: its text, then
-    each tool call. The one place engine output becomes Anthropic blocks (streamed or not); a new
-    kind of output (e.g. thinking) gets its block here."""
+    """What one engine delta adds to the message, as whole content blocks in order: its
+    reasoning (a thinking block), its text, then each tool call. The one place engine output
+    becomes Anthropic blocks (streamed or not)."""
     blocks: list[dict[str, Any]] = []
+    if delta.reasoning:
+        blocks.append(thinking_block(delta.reasoning))
     if delta.text:
         blocks.append({"type": "text", "text": delta.text})
     blocks.extend(tool_use_block(call) for call in delta.calls)
@@ -73,6 +81,6 @@ class MessageRenderer:
         text = "".join(state.text)
         if state.calls:
             text = text.strip()  # the whitespace a model leaves around its calls is not an answer
-        content = delta_blocks(Delta(text, calls=list(state.calls)))
+        content = delta_blocks(Delta(text, "".join(state.reasoning), calls=list(state.calls)))
         reason = stop_reason(state.finish_reason, stop_sequence)
         return self.message(content, reason, stop_sequence if reason == "stop_sequence" else None, state.usage)

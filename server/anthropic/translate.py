@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from backends.embeddings import TokenizeRequest
 from backends.errors import InvalidRequest, UnsupportedParameter
+from backends.reasoning import template_switches
 from backends.tools import choose_tools, tools_or_format
 from backends.types import (
     GenerationRequest,
@@ -19,7 +21,9 @@ from server.anthropic.protocol import (
     CountTokensRequest,
     InputMessage,
     MessagesRequest,
+    RedactedThinkingBlock,
     TextBlock,
+    ThinkingBlock,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -32,12 +36,8 @@ from server.runtime.pool import ModelLimits
 
 def conversation(req: CountTokensRequest, max_messages: int | None = None) -> tuple[Message, ...]:
     """System prompt and turns as engine messages: ``tool_use`` blocks become the assistant's tool
-    calls, ``tool_result`` blocks the tool turns that answer them (before the user's own text)."""
-    if req.thinking is not None and req.thinking.type != "disabled":
-        raise UnsupportedParameter(
-            "extended thinking is not supported by this server; leave 'thinking' out or disable it.",
-            param="thinking",
-        )
+    calls, ``tool_result`` blocks the tool turns that answer them (before the user's own text),
+    ``thinking`` blocks the assistant turn's reasoning (templates that show past reasoning read it)."""
     check_message_count(len(req.messages), max_messages)
     out: list[Message] = []
     system = req.system_text()
@@ -58,11 +58,17 @@ def _turn(msg: InputMessage, param: str) -> list[Message]:
     if isinstance(msg.content, str):
         return [Message(msg.role, msg.content)]
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[ToolCall] = []
     results: list[Message] = []
     for block in msg.content:
         if isinstance(block, TextBlock):
             texts.append(block.text)
+        elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
+            if msg.role != "assistant":
+                raise InvalidRequest(f"{block.type} blocks belong in assistant messages.", param=param)
+            if isinstance(block, ThinkingBlock):
+                thoughts.append(block.thinking)
         elif isinstance(block, ToolUseBlock):
             if msg.role != "assistant":
                 raise InvalidRequest("tool_use blocks belong in assistant messages.", param=param)
@@ -76,7 +82,8 @@ def _turn(msg: InputMessage, param: str) -> list[Message]:
             )
     text = "".join(texts)
     if msg.role == "assistant":
-        return [Message("assistant", text, tool_calls=tuple(calls))]
+        reasoning = "".join(thoughts) if thoughts else None
+        return [Message("assistant", text, tool_calls=tuple(calls), reasoning=reasoning)]
     return [*results, Message("user", text)] if text or not results else results
 
 
@@ -102,10 +109,6 @@ def messages_request(
 ) -> GenerationRequest:
     messages = conversation(req, max_messages)
     output = req.output_config
-    if output is not None and output.effort is not None:
-        raise UnsupportedParameter(
-            "'output_config.effort' is not supported by this server.", param="output_config.effort"
-        )
     fmt = output.format if output is not None else None
     json = JsonConstraint(fmt.schema_) if fmt is not None else None
     defs, choice, parallel = _tool_choice(req)
@@ -125,11 +128,27 @@ def messages_request(
         queue_timeout_s=limits.queue_timeout_s,
         tools=tools,
         constraint=constraint,
+        template_kwargs=_switches(req),
     )
+
+
+def _switches(req: CountTokensRequest) -> dict[str, Any]:
+    """``thinking`` and ``output_config.effort`` as the template's reasoning switches."""
+    thinking = req.thinking
+    enable = None if thinking is None or thinking.type == "adaptive" else thinking.type == "enabled"
+    effort = req.output_config.effort if isinstance(req, MessagesRequest) and req.output_config else None
+    return template_switches(enable=enable, effort=effort)
+
+
+def shows_thinking(req: MessagesRequest) -> bool:
+    """False when the client asked for the thinking to be left out (``display: "omitted"``)."""
+    return req.thinking is None or req.thinking.display != "omitted"
 
 
 def count_request(req: CountTokensRequest, max_messages: int | None = None) -> TokenizeRequest:
     """The prompt a Messages request with these fields would send, as the tokenizer sees it."""
     defs, choice, parallel = _tool_choice(req)
     tools, _ = choose_tools(defs, choice, parallel=parallel)
-    return TokenizeRequest(messages=conversation(req, max_messages), add_special_tokens=False, tools=tools)
+    return TokenizeRequest(
+        messages=conversation(req, max_messages), add_special_tokens=False, tools=tools, template_kwargs=_switches(req)
+    )

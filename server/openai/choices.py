@@ -83,4 +83,5 @@ def total_usage(states: list[ChoiceState], n: int = 1) -> Usage | None:
         sum(u.prompt_tokens for u in firsts),
         sum(u.completion_tokens for u in usages),
         sum(u.cached_tokens for u in firsts),
+        sum(u.reasoning_tokens for u in usages),
     )

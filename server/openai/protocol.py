@@ -144,6 +144,8 @@ class ChatMessage(StrictModel):
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+# OpenAI's reasoning efforts (chat's reasoning_effort, Responses' reasoning.effort).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
@@ -220,6 +222,8 @@ class ChatCompletionRequest(_SamplingFields):
     documents: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     reasoning_format: Literal["auto", "deepseek", "deepseek-legacy", "none"] | None = None
     include_reasoning: bool | None = None
+    # Passed to the template as reasoning_effort ("none": enable_thinking false), as llama-server does.
+    reasoning_effort: ReasoningEffort | None = None
     # llama-server's extension: a GBNF grammar the output must match.
     grammar: str | None = Field(default=None, min_length=1, max_length=100_000)
     # Declared so they can be refused by name (never silently ignored).
@@ -228,7 +232,6 @@ class ChatCompletionRequest(_SamplingFields):
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
     web_search_options: dict[str, Any] | None = None
     # Accepted and without effect on a local server (OpenAI bookkeeping fields).
     store: bool | None = None

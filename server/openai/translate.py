@@ -8,6 +8,7 @@ from typing import Any
 
 from backends.chat_template import RESERVED
 from backends.errors import InvalidRequest, UnsupportedParameter
+from backends.reasoning import template_switches
 from backends.tools import tools_or_format
 from backends.types import (
     Constraint,
@@ -43,7 +44,6 @@ _CHAT_UNSUPPORTED: dict[str, _Check] = {
     "modalities": lambda v: v is not None and v != ["text"],
     "audio": _is_set,
     "prediction": _is_set,
-    "reasoning_effort": _is_set,
     "web_search_options": _is_set,
 }
 # A batch of prompts becomes prompts x n engine requests: keep it bounded.
@@ -146,20 +146,22 @@ def chat_request(
         queue_timeout_s=limits.queue_timeout_s,
         tools=tools,
         constraint=constraint,
-        template_kwargs=_template_kwargs(req.chat_template_kwargs),
+        template_kwargs=_template_kwargs(req),
         documents=None if req.documents is None else tuple(req.documents),
         split_reasoning=req.reasoning_format != "none",
     )
 
 
-def _template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    clash = sorted(RESERVED.intersection(kwargs or {}))
+def _template_kwargs(req: ChatCompletionRequest) -> dict[str, Any]:
+    kwargs = req.chat_template_kwargs or {}
+    clash = sorted(RESERVED.intersection(kwargs))
     if clash:
         raise InvalidRequest(
             f"chat_template_kwargs may not set {', '.join(clash)}: send those as request fields.",
             param="chat_template_kwargs",
         )
-    return dict(kwargs or {})
+    # The client's own template variables win over those its reasoning_effort sets.
+    return {**template_switches(effort=req.reasoning_effort), **kwargs}
 
 
 def _tools_and_constraint(req: ChatCompletionRequest) -> tuple[tuple[ToolDef, ...], Constraint | None]:

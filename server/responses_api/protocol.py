@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from server.openai.protocol import MAX_TOKENS_LIMIT, FunctionDef, Temperature, check_schema
+from server.openai.protocol import MAX_TOKENS_LIMIT, FunctionDef, ReasoningEffort, Temperature, check_schema
 
 
 class _Strict(BaseModel):
@@ -57,6 +57,32 @@ class FunctionCallOutputItem(_Strict):
         return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
 
 
+class SummaryPart(_Strict):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningTextPart(_Strict):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(_Strict):
+    """An earlier response's reasoning, sent back: it becomes the reasoning of the assistant turn
+    that follows it. ``encrypted_content`` (another server's sealed reasoning) cannot be read and
+    is ignored; this server's own items carry their text in ``content``."""
+
+    type: Literal["reasoning"]
+    summary: list[SummaryPart] = Field(default_factory=list)
+    content: list[ReasoningTextPart] | None = None
+    encrypted_content: str | None = None
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return "".join(p.text for p in self.content or ())
+
+
 def _item_kind(value: Any) -> str:
     # A message may leave out its type ({"role": ..., "content": ...}, the "easy" input form).
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
@@ -66,7 +92,8 @@ def _item_kind(value: Any) -> str:
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
 
@@ -112,6 +139,17 @@ class TextConfig(_Strict):
     verbosity: str | None = None
 
 
+class ReasoningConfig(_Strict):
+    """``effort`` goes to the template (``backends.reasoning.template_switches``); the rest is
+    accepted without effect: this server writes no summaries."""
+
+    effort: ReasoningEffort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+    mode: str | None = None
+
+
 class ResponsesRequest(_Strict):
     model: str = Field(min_length=1)
     input: str | list[InputItem] | None = None
@@ -128,9 +166,10 @@ class ResponsesRequest(_Strict):
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    # Declared so they can be refused by name (never silently ignored).
+    reasoning: ReasoningConfig | None = None
+    # Only "reasoning.encrypted_content" is accepted (see translate); others are refused by name.
     include: list[str] | None = None
-    reasoning: dict[str, Any] | None = None
+    # Declared so they can be refused by name (never silently ignored).
     background: bool | None = None
     conversation: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ def usage_dict(usage: Usage | None) -> dict[str, Any] | None:
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,
     }
 
@@ -38,6 +38,17 @@ def message_item(id_: str, text: str | None, status: str = "completed") -> dict[
     return {"id": id_, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
+def reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def reasoning_item(id_: str, text: str | None, status: str = "completed") -> dict[str, Any]:
+    """The model's reasoning, as OpenAI returns an open-weight model's (gpt-oss) in full: a
+    ``reasoning_text`` part; no summary (none is written). ``text=None``: as first announced."""
+    content = [] if text is None else [reasoning_part(text)]
+    return {"id": id_, "type": "reasoning", "status": status, "summary": [], "content": content}
+
+
 def call_item(id_: str, call: ToolCall, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
     return {
         "id": id_,
@@ -50,10 +61,12 @@ def call_item(id_: str, call: ToolCall, status: str = "completed", arguments: st
 
 
 def output_items(delta: Delta) -> list[dict[str, Any]]:
-    """What one engine delta adds to the output, as whole items in order: its text as a message,
-    then each tool call as a function_call. The one place engine output becomes Responses items
-    (streamed or not); a new kind of output (e.g. reasoning) gets its item here."""
+    """What one engine delta adds to the output, as whole items in order: its reasoning as a
+    reasoning item, its text as a message, then each tool call as a function_call. The one place
+    engine output becomes Responses items (streamed or not)."""
     items: list[dict[str, Any]] = []
+    if delta.reasoning:
+        items.append(reasoning_item(item_id("rs"), delta.reasoning))
     if delta.text:
         items.append(message_item(item_id("msg"), delta.text))
     items.extend(call_item(item_id("fc"), call) for call in delta.calls)
@@ -63,7 +76,9 @@ def output_items(delta: Delta) -> list[dict[str, Any]]:
 def after(history: tuple[Message, ...], state: ChoiceState) -> tuple[Message, ...]:
     """The conversation a later ``previous_response_id`` continues: the history plus this answer."""
     text = "".join(state.text)
-    return (*history, Message("assistant", text.strip() if state.calls else text, tool_calls=tuple(state.calls)))
+    content = text.strip() if state.calls else text
+    reasoning = "".join(state.reasoning) or None
+    return (*history, Message("assistant", content, tool_calls=tuple(state.calls), reasoning=reasoning))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +109,7 @@ class ResponseShape:
             "output": output,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id,
-            "reasoning": None,
+            "reasoning": req.reasoning.model_dump(exclude_none=True) if req.reasoning else None,
             "store": req.store is not False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": req.text.model_dump(by_alias=True, exclude_none=True) if req.text else {"format": {"type": "text"}},
@@ -113,5 +128,5 @@ class ResponseShape:
         text = "".join(state.text)
         if state.calls:
             text = text.strip()  # the whitespace a model leaves around its calls is not an answer
-        output = output_items(Delta(text, calls=list(state.calls)))
+        output = output_items(Delta(text, "".join(state.reasoning), calls=list(state.calls)))
         return self.body("completed", output, state.usage, state.finish_reason)

@@ -28,7 +28,9 @@ class StoredResponse:
 
     @classmethod
     def of(cls, body: dict[str, Any], conversation: tuple[Message, ...]) -> StoredResponse:
-        text = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in conversation)
+        text = sum(
+            len(m.content) + len(m.reasoning or "") + sum(len(c.arguments) for c in m.tool_calls) for m in conversation
+        )
         return cls(body, conversation, len(json.dumps(body, ensure_ascii=False)) + text)
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from server.anthropic.events import fold_message, message_events, ping_event
 from server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from server.anthropic.render import MessageRenderer
-from server.anthropic.translate import count_request, messages_request
+from server.anthropic.translate import count_request, messages_request, shows_thinking
 from server.http.deps import RequestId, get_pool, get_settings
 from server.http.sse import leased, sse_response
 from server.openai.choices import ChoiceState, request_parser
@@ -49,7 +49,7 @@ async def _answer(
     rid = f"msg_{request_id}"
     req = messages_request(body, rid, limits, settings.max_messages)
     gen = await Generation.start(generation(metrics, backend, "messages", req, limits.request_timeout_s))
-    state = ChoiceState(0, request_parser(req, backend.call_format()))
+    state = ChoiceState(0, request_parser(req, backend.call_format()), include_reasoning=shows_thinking(body))
     shape = MessageRenderer(rid, body.model)
     if not body.stream:
         return JSONResponse(await fold_message(gen, state, shape))

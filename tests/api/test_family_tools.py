@@ -5,7 +5,7 @@ that family's calls, and they come back as OpenAI tool_calls, streamed and not."
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 
 from backends.chat_format import DEEPSEEK_CALLS
 from server.settings import Settings
-from tests.api.helpers import chat_body, parse_sse
+from tests.api.helpers import MODEL, chat_body, parse_sse
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -83,3 +83,54 @@ async def test_calls_in_the_familys_syntax_come_back_as_tool_calls(
         assert parts[0]["function"]["name"] == "get_weather"
         assert "".join(p["function"]["arguments"] for p in parts) == call["function"]["arguments"]
         assert not "".join(d.get("content") or "" for d in deltas)
+
+
+# gpt-oss's template names its analysis channel: its calls and its reasoning markers both apply.
+GPT_OSS = LAYOUT.replace("FAMILY", "<|channel|>analysis<|message|>")
+ANALYSIS_THEN_FINAL = (
+    'root ::= "<|channel|>analysis<|message|>" [a-z ]{3,12} "<|end|>" '
+    '"<|start|>assistant<|channel|>final<|message|>" [A-Za-z ]{3,12}\n'
+)
+# A closed set of cities: SmolLM2 would write a free string until max_tokens runs out (a call
+# written the harmony way is ~65 of its tokens).
+CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
+
+
+@pytest.fixture(scope="module")
+async def gpt_oss(
+    app_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(make_settings({"n_ctx": 1024, "chat_template": GPT_OSS})) as client:
+        backend = client._transport.app.state.pool.get(MODEL)  # type: ignore[attr-defined]
+        assert backend.call_format().name == "harmony"
+        yield client
+
+
+async def test_family_calls_reach_the_messages_and_responses_apis(gpt_oss: httpx.AsyncClient) -> None:
+    """The family's calls come back as Anthropic tool_use blocks (streamed here) and Responses
+    function_call items (folded here). Both ways of each route render the same ChoiceState's
+    calls; the e2e SDK tests run both ways with Hermes calls."""
+    tool = {"name": "get_weather", "input_schema": CITY}
+    body = {"model": MODEL, "max_tokens": 100, "messages": ASK, "tools": [tool], "temperature": 0, "stream": True}
+    body["tool_choice"] = {"type": "any", "disable_parallel_tool_use": True}
+    events = parse_sse((await gpt_oss.post("/v1/messages", json=body)).text)
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert [(b["type"], b["name"]) for b in starts] == [("tool_use", "get_weather")], events
+    (args,) = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"]
+    assert json.loads(args)["city"] in ("Paris", "Rome")
+    assert next(e for e in events if e["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
+
+    tools = [{"type": "function", "name": "get_weather", "parameters": CITY}]
+    req = {"model": MODEL, "input": ASK[0]["content"], "tools": tools, "tool_choice": "required"}
+    req |= {"parallel_tool_calls": False, "max_output_tokens": 100, "temperature": 0}
+    resp = (await gpt_oss.post("/v1/responses", json=req)).json()
+    (item,) = resp["output"]
+    assert item["type"] == "function_call" and item["name"] == "get_weather", resp
+    assert json.loads(item["arguments"])["city"] in ("Paris", "Rome")
+
+
+async def test_gpt_oss_channels_are_reasoning_and_answer(gpt_oss: httpx.AsyncClient) -> None:
+    body = chat_body(messages=ASK, grammar=ANALYSIS_THEN_FINAL, max_tokens=100)
+    message = (await gpt_oss.post("/v1/chat/completions", json=body)).json()["choices"][0]["message"]
+    assert message["reasoning_content"] and message["content"], message
+    assert "<|" not in message["reasoning_content"] + message["content"]

@@ -55,6 +55,7 @@ async def test_chat_stream_is_role_then_deltas_then_finish_then_usage_then_done(
         "completion_tokens": 3,
         "total_tokens": 8,
         "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
     assert len(bodies) == 5
 

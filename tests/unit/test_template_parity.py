@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from backends.chat_template import ChatTemplate
 from backends.errors import InvalidRequest
+from backends.reasoning import reasoning_fields
 from backends.tools import openai_tools, template_messages
 from backends.types import Message, ToolCall, ToolDef
 from toolkit.llama_tools import chat_templates
@@ -92,7 +93,8 @@ def _openai_dict(m: Message) -> dict[str, Any]:
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
     if m.reasoning is not None:
-        out["reasoning_content"] = m.reasoning
+        # Under both names templates read it (gpt-oss's reads "thinking"), as quantserve passes it.
+        out.update(reasoning_fields(m.reasoning))
     return out
 
 
