@@ -52,6 +52,7 @@ class LadderConfig:
     mix_at: Sequence[str] = ()
     mix_imatrix: Path | None = None
     mix_workers: int = 2  # the search's parallel single-thread evaluations (toolkit.sensitivity)
+    mix_cache: Path | None = None  # the search's score cache (default work_dir/sizequant)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def add_mixes(
                 source=f16,
                 dst=quantized_path(f16, f"mix-{name}", cfg.work_dir, imatrix=cfg.mix_imatrix is not None),
                 budget=Budget(file_bytes=path.stat().st_size),
-                work_dir=cfg.work_dir / "sizequant",
+                work_dir=cfg.mix_cache or cfg.work_dir / "sizequant",
                 calibration=Calibration(CALIBRATION_TEXT.read_text(), workers=cfg.mix_workers),
                 imatrix=cfg.mix_imatrix,
             ),

@@ -310,6 +310,7 @@ def evaluate(
         kv_types=("f16", "q8_0", "q4_0") if kv_n_ctx else (),
         kv_n_ctx=kv_n_ctx,
         mix_at=tuple(t.strip().upper() for t in mix_at.split(",") if t.strip()),
+        mix_cache=models_dir / "sizequant",  # shared with `quantize --size`: scores keyed by content
     )
     with _bars() as bars:
         progress = _updater(bars)
