@@ -76,6 +76,7 @@ def quantize_tensors(
         threads=threads,
         tensor_types=types,
         file_type=file_type,
+        quiet=True,
     )
     return QuantizeResult(dst, "per-tensor types", seconds, imatrix)
 
@@ -90,6 +91,7 @@ def _quantize(
     threads: int | None,
     tensor_types: Mapping[str, int] | None = None,
     file_type: int | None = None,
+    quiet: bool = False,
 ) -> float:
     import llama_cpp
 
@@ -130,7 +132,16 @@ def _quantize(
         keep_alive.append(kv)
     tmp = dst.with_name(dst.name + ".partial")
     started = time.monotonic()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    # llama-cpp-python prints llama.cpp's log by this logger's level: a size search writes dozens of
+    # files at 272 lines (and an override warning per tensor) each, which would bury its progress
+    engine_log = logging.getLogger("llama-cpp-python")
+    level = engine_log.level
+    if quiet:
+        engine_log.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    finally:
+        engine_log.setLevel(level)
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise QuantizeError(f"llama.cpp could not quantize {src.name} to {what} (return code {rc})")
