@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from server.cli.main import app
 from server.settings import ModelConfig, load_settings
 from tests.conftest import ClientFactory
+from tests.toolkit.test_serve_quantized import answer
 from toolkit import mix_plan, sensitivity
 from toolkit.gguf_inspect import inspect_model
 from toolkit.gguf_splice import read_layout
@@ -120,16 +121,9 @@ def test_parse_size() -> None:
 async def test_the_chosen_mix_loads_and_serves(searched: Searched, app_client: ClientFactory) -> None:
     model = ModelConfig(id="smol-mix", path=searched.result.path, options={"n_ctx": 512, "parallel": 1})
     async with app_client(load_settings(None, models=(model,))) as client:
-        resp = await client.post(
-            "/v1/chat/completions",
-            json={
-                "model": model.id,
-                "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
-                "temperature": 0,
-                "max_tokens": 16,
-            },
-        )
-        assert resp.status_code == 200, resp.text
-        body = resp.json()
-        assert body["choices"][0]["message"]["content"].strip()
-        assert body["usage"]["completion_tokens"] > 0
+        card = (await client.get(f"/v1/models/{model.id}")).json()
+        result = searched.result
+        weight = {t: sum(g.costs[t] for g in result.groups if result.mix[g.name] == t) for t in result.mix.values()}
+        main = max(weight, key=lambda t: weight[t])  # the label: the type holding most bytes
+        assert (card["quantization"], card["backend"]) == (main, "llama_cpp")
+        await answer(client, model.id)
