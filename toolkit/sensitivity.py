@@ -11,8 +11,8 @@ resumes where it stopped and a second budget on the same model needs no evaluati
 Evaluations run in ``workers`` processes of one llama.cpp thread each, not in one process with
 ``workers`` threads: ggml's threads spin at every barrier, so on cores another job also wants,
 two threads ran a 128-token window in ~8 s where one thread took 1.1 s (load average 8 on this
-2-core machine). Separate processes never wait for each other, and one thread gives the same
-numbers whatever the machine, which keeps the cached scores comparable."""
+2-core machine). Separate processes never wait for each other, and one thread per evaluation
+keeps the scores the same however many workers run."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ Scores = dict[str, dict[str, float]]  # group -> candidate type -> KL divergence
 class Calibration:
     text: str
     n_ctx: int = 256
-    windows: int = 4
+    windows: int = 4  # at most: the default text holds 3 windows of 256 tokens
     workers: int = 2  # evaluations at once (one process, one llama.cpp thread each); quantizer threads
 
 

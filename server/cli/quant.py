@@ -111,14 +111,17 @@ def quantize(
     ] = None,
     bands: Annotated[int, typer.Option(help="--size/--bpw: layer bands per tensor role.")] = 5,
     calib_n_ctx: Annotated[int, typer.Option(help="--size/--bpw: calibration window (tokens).")] = 256,
-    calib_windows: Annotated[int, typer.Option(help="--size/--bpw: calibration windows.")] = 4,
+    calib_windows: Annotated[int, typer.Option(help="--size/--bpw: calibration windows (at most).")] = 4,
     eval_windows: Annotated[
         int, typer.Option(help="--size/--bpw: 512-token held-out windows to measure the result on (0: skip).")
     ] = 16,
     group_size: Annotated[int, typer.Option(help="gptq/awq: weights per scale group.")] = 64,
     calibration: Annotated[Path | None, typer.Option(help="gptq/awq/w8a8: calibration text file.")] = None,
     num_samples: Annotated[int, typer.Option(help="gptq/awq/w8a8: calibration samples.")] = 64,
-    threads: Annotated[int | None, typer.Option(help="GGUF quantization threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="GGUF quantization threads; --size/--bpw: also parallel evaluations (default: all cores)."),
+    ] = None,
 ) -> None:
     """Quantize a model: GGUF levels through llama.cpp, GPTQ/AWQ/W8A8 through llm-compressor."""
     from toolkit import quantize_hf
