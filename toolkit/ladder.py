@@ -48,6 +48,11 @@ class LadderConfig:
     kv_n_ctx: int = 4096
     kv_windows: int = 2
     kv_parallel: int = 4
+    # recipes (of gguf_types) whose file size a searched per-tensor mix gets as its budget
+    mix_at: Sequence[str] = ()
+    mix_imatrix: Path | None = None
+    mix_workers: int = 2  # the search's parallel single-thread evaluations (toolkit.sensitivity)
+    mix_cache: Path | None = None  # the search's score cache (default work_dir/sizequant)
 
 
 @dataclass
@@ -88,7 +93,7 @@ def run_ladder(cfg: LadderConfig, progress: Progress = _quiet) -> LadderResult:
     started = time.monotonic()
     result = LadderResult()
     ggufs = build_ggufs(cfg, result, progress)
-    variants: list[tuple[str, Path]] = list(ggufs)
+    variants: list[tuple[str, Path]] = add_mixes(ggufs, cfg, result, progress) if cfg.mix_at else list(ggufs)
     base = cfg.source.name.split(".")[0] + "-"
     variants += [(p.name.removeprefix(base), p) for p in cfg.hf_dirs]
     evaluate_variants(variants, cfg, result, progress)
@@ -96,6 +101,42 @@ def run_ladder(cfg: LadderConfig, progress: Progress = _quiet) -> LadderResult:
         result.kv_rows = kv_effect(cfg, result, progress)
     result.seconds = time.monotonic() - started
     return result
+
+
+def add_mixes(
+    ggufs: Sequence[tuple[str, Path]], cfg: LadderConfig, result: LadderResult, progress: Progress
+) -> list[tuple[str, Path]]:
+    """``ggufs`` with, after each recipe named in ``mix_at``, the searched mix that fits its file
+    size (``mix@Q4_K_M``); the sensitivities are measured once and shared by every budget."""
+    from toolkit.hf_prepare import CALIBRATION_TEXT
+    from toolkit.sensitivity import Calibration
+    from toolkit.size_quant import Budget, SearchConfig, search
+
+    paths = dict(ggufs)
+    missing = [r for r in cfg.mix_at if r not in paths]
+    if missing:
+        raise ValueError(f"mix_at names {', '.join(missing)}, which the ladder does not build")
+    f16 = paths["F16"]
+    out: list[tuple[str, Path]] = []
+    for name, path in ggufs:
+        out.append((name, path))
+        if name not in cfg.mix_at:
+            continue
+        t0 = time.monotonic()
+        mix = search(
+            SearchConfig(
+                source=f16,
+                dst=quantized_path(f16, f"mix-{name}", cfg.work_dir, imatrix=cfg.mix_imatrix is not None),
+                budget=Budget(file_bytes=path.stat().st_size),
+                work_dir=cfg.mix_cache or cfg.work_dir / "sizequant",
+                calibration=Calibration(CALIBRATION_TEXT.read_text(), workers=cfg.mix_workers),
+                imatrix=cfg.mix_imatrix,
+            ),
+            progress,
+        )
+        result.steps[f"search mix@{name}"] = time.monotonic() - t0
+        out.append((f"mix@{name}", mix.path))
+    return out
 
 
 def evaluate_variants(

