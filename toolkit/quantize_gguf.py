@@ -8,7 +8,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,23 +133,42 @@ def _quantize(
         keep_alive.append(kv)
     tmp = dst.with_name(dst.name + ".partial")
     started = time.monotonic()
-    # llama-cpp-python prints llama.cpp's log by this logger's level: a size search writes dozens of
-    # files at 272 lines (and an override warning per tensor) each, which would bury its progress
-    engine_log = logging.getLogger("llama-cpp-python")
-    level = engine_log.level
-    if quiet:
-        engine_log.setLevel(logging.ERROR)
-    try:
+    kept: AbstractContextManager[list[str]] = _engine_log_kept() if quiet else nullcontext([])
+    with kept as lines:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-    finally:
-        engine_log.setLevel(level)
     if rc != 0:
         tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"llama.cpp could not quantize {src.name} to {what} (return code {rc})")
+        said = [line.strip() for line in lines if "error" in line.lower()][-3:]
+        raise QuantizeError(
+            f"llama.cpp could not quantize {src.name} to {what} (return code {rc})" + "".join(f"\n  {x}" for x in said)
+        )
     tmp.replace(dst)
     seconds = time.monotonic() - started
     logger.info("wrote %s (%s) in %.1f s", dst, what, seconds)
     return seconds
+
+
+@contextmanager
+def _engine_log_kept() -> Iterator[list[str]]:
+    """llama.cpp's log lines, collected instead of printed (for an error message). A size search
+    writes dozens of files at 272 lines and an override warning per tensor each, which would bury
+    its progress bars; llama-cpp-python's level filter cannot quiet them (this ggml's log levels
+    are shifted by one from the ones it maps)."""
+    import llama_cpp
+
+    lines: list[str] = []
+
+    def collect(_level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+        lines.append((text or b"").decode("utf-8", "replace"))
+
+    callback = llama_cpp.llama_log_callback(collect)
+    previous, user_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(user_data))
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(previous, user_data)
 
 
 def load_imatrix(path: Path) -> dict[str, list[float]]:

@@ -115,8 +115,8 @@ def chart(path: Path, rows: list[Row], title: str) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.suptitle(
-        title + "   (circles: GGUF on llama.cpp; diamonds: searched per-tensor mixes (mix@RECIPE: within "
-        "RECIPE's file size); squares: compressed-tensors / bf16 on vLLM-CPU)",
+        title + "\n(circles: GGUF on llama.cpp; diamonds: searched per-tensor mixes, mix@RECIPE within RECIPE's "
+        "file size; squares: compressed-tensors / bf16 on vLLM-CPU)",
         fontsize=9,
     )
     fig.tight_layout()
