@@ -7,7 +7,9 @@ Every message is one pickled object (``multiprocessing.connection.Connection`` f
 - engine -> server: first ``("ready", EngineFacts)`` or ``("failed", Failure)``; then
   ``("step", [(rid, item), ...], EngineStats)``: ONE message per engine step carrying every
   request's new item (a ``GenerationChunk``, a ``Failure``, or an embedding result), never one
-  per token.
+  per token. Chunks are the engine thread's own, one per sampled token (empty text while the
+  text is held back); the server merges them into deltas (``slots.Deltas``) as the in-process
+  engine's consumer does.
 
 ``rid`` numbers a request on this pipe; the client's request id travels once, for the logs.
 Errors cross as ``Failure`` rather than pickled exceptions: pickling rebuilds an exception from

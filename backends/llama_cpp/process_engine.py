@@ -30,6 +30,7 @@ from typing import Any
 
 from backends.errors import BackendStartupError, BackendUnavailable
 from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Vectors
+from backends.llama_cpp.slots import Deltas
 from backends.llama_cpp.vocabulary import Vocabulary
 from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
 
@@ -177,19 +178,25 @@ class ProcessEngine:
         queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         rid, queue = self._streams.open()
+        deltas = Deltas()
         done = False
         try:
             self._send(("generate", rid, request_id, list(prompt_tokens), sampling, constraint, queue_timeout_s))
             while True:
-                item = await queue.get()
-                if isinstance(item, Failure):
+                items = [await queue.get()]
+                while not queue.empty():  # a step's worth or more: merged into one delta
+                    items.append(queue.get_nowait())
+                tail = items[-1]
+                delta = deltas.merge([c for c in items if isinstance(c, GenerationChunk)])
+                if delta is not None and delta.finish_reason is not None:
                     done = True
-                    raise item.exception()
-                assert isinstance(item, GenerationChunk)
-                done = item.finish_reason is not None
-                yield item
-                if done:
+                    yield delta
                     return
+                if isinstance(tail, Failure):
+                    done = True
+                    raise tail.exception()
+                if delta is not None:
+                    yield delta
         finally:
             self._streams.close(rid)
             if not done:
