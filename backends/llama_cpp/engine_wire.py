@@ -87,9 +87,9 @@ class EngineFacts:
 class Demux:
     """Routes each step's items to the per-request asyncio queues they belong to.
 
-    ``dispatch`` runs on the thread that reads the pipe: it makes one thread-safe hand-off per
-    event loop per step (as the in-process engine does), and the loop puts every item in its
-    request's queue.
+    ``dispatch`` runs where the pipe is read, normally the requests' own event loop, which puts
+    the items in their queues at once; a request on another loop gets them through one
+    thread-safe hand-off per loop and step.
     """
 
     def __init__(self) -> None:
@@ -117,7 +117,8 @@ class Demux:
         with self._lock:
             return len(self._open)
 
-    def dispatch(self, items: Iterable[tuple[int, Item]]) -> None:
+    def dispatch(self, items: Iterable[tuple[int, Item]], here: asyncio.AbstractEventLoop | None = None) -> None:
+        """``here``: the running loop dispatching, if any (its requests need no hand-off)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
         with self._lock:
             for rid, item in items:
@@ -125,6 +126,9 @@ class Demux:
                 if target is not None:  # else the request was closed meanwhile: nobody reads it
                     by_loop.setdefault(target[0], []).append((target[1], item))
         for loop, group in by_loop.items():
+            if loop is here:
+                _put_all(group)
+                continue
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody will read these
                 loop.call_soon_threadsafe(_put_all, group)
 

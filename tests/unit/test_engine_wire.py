@@ -67,6 +67,13 @@ async def test_one_step_message_reaches_each_request_in_order() -> None:
     assert await drain(qb) == [chunk("y")]
 
 
+async def test_dispatch_on_the_requests_own_loop_needs_no_hand_off() -> None:
+    demux = Demux()
+    rid, queue = demux.open()
+    demux.dispatch([(rid, chunk("x"))], asyncio.get_running_loop())
+    assert queue.get_nowait() == chunk("x")  # already there: no loop iteration in between
+
+
 async def test_a_dead_engine_fails_open_requests_and_refuses_new_ones() -> None:
     demux = Demux()
     rid, queue = demux.open()
