@@ -1,6 +1,9 @@
 """What crosses the pipe between the server and a llama.cpp engine process.
 
-Every message is one pickled object (``multiprocessing.connection.Connection`` framing):
+Every message is one pickled object in ``multiprocessing.connection.Connection`` framing: the
+engine process reads and writes with a ``Connection``; the server frames its own (``frame``) and
+splits what it reads (``Frames``), so its event loop never blocks on a partial message and reads
+a step with one ``recv``.
 
 - server -> engine: first a ``ChildConfig``; then ``("generate", rid, request_id, prompt_tokens, sampling, constraint,
   queue_timeout_s)``, ``("embed", rid, inputs)``, ``("cancel", rid)``, ``("close",)``.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
+import struct
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -82,6 +87,46 @@ class EngineFacts:
     eos_text: str
     fim_tokens: tuple[int, int, int] | None
     embedding_size: int
+
+
+_SIZE = struct.Struct("!i")
+_BIG_SIZE = struct.Struct("!Q")  # after a size of -1: a message of 2 GiB or more
+
+
+def frame(msg: object) -> bytes:
+    """``msg`` as a ``Connection`` receives it: its size, then its pickle."""
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > 0x7FFFFFFF:
+        return _SIZE.pack(-1) + _BIG_SIZE.pack(len(data)) + data
+    return _SIZE.pack(len(data)) + data
+
+
+class Frames:
+    """The messages in the bytes a ``Connection`` wrote, fed in whatever pieces they arrived."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Every message ``data`` completes, in order; a partial one waits for the next feed."""
+        buf = self._buf
+        buf += data
+        out: list[Any] = []
+        pos = 0
+        while len(buf) - pos >= _SIZE.size:
+            (size,) = _SIZE.unpack_from(buf, pos)
+            start = pos + _SIZE.size
+            if size == -1:
+                if len(buf) - start < _BIG_SIZE.size:
+                    break
+                (size,) = _BIG_SIZE.unpack_from(buf, start)
+                start += _BIG_SIZE.size
+            if len(buf) - start < size:
+                break
+            out.append(pickle.loads(buf[start : start + size]))
+            pos = start + size
+        del buf[:pos]
+        return out
 
 
 class Demux:

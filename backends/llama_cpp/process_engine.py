@@ -28,12 +28,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncGenerator, Mapping
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from backends.errors import BackendStartupError, BackendUnavailable
-from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Vectors
+from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Frames, Vectors, frame
 from backends.llama_cpp.slots import Deltas
 from backends.llama_cpp.vocabulary import Vocabulary
 from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # A clean close frees the model and exits at once; past this the process is killed.
 CLOSE_TIMEOUT_S = 30.0
+_READ_SIZE = 1 << 16  # a step message is a few hundred bytes; an embedding result takes several reads
 
 
 def exit_description(exitcode: int | None) -> str:
@@ -92,10 +92,12 @@ class ProcessEngine:
             )
         finally:
             child_sock.close()  # the child's copy is now the only one: its death is our EOF
-        self._conn = Connection(parent_sock.detach())
-        self._fd = self._conn.fileno()
+        self._sock = parent_sock
+        self._fd = parent_sock.fileno()
+        self._frames = Frames()
+        self._backlog: list[Any] = []  # messages read with the "ready" one
         config = ChildConfig(model_path, engine_options, embedding_pooling, logging.getLogger().getEffectiveLevel())
-        self._conn.send(config)
+        self._sock.sendall(frame(config))
         self._failure: str | None = None
         self._closed = False
         self._send_lock = threading.Lock()
@@ -108,14 +110,19 @@ class ProcessEngine:
             self._vocab = Vocabulary(model_path)  # meanwhile the engine process loads the weights
             self._facts = self._await_ready(model_path)
         except BaseException:
-            self._conn.close()  # a child still loading then fails its "ready" send and exits
+            self._sock.close()  # a child still loading then fails its "ready" send and exits
             self._end_process()
             raise
         log.info("llama.cpp engine process %d serves %s", self.pid, model_path.name)
 
     def _await_ready(self, model_path: Path) -> EngineFacts:
         try:
-            kind, payload = self._conn.recv()
+            while not self._backlog:
+                data = self._sock.recv(_READ_SIZE)
+                if not data:
+                    raise EOFError
+                self._backlog = self._frames.feed(data)
+            kind, payload = self._backlog.pop(0)
         except (EOFError, OSError):
             how = exit_description(self._wait(5))
             raise BackendStartupError(f"the engine process died while loading {model_path.name} ({how})") from None
@@ -243,14 +250,14 @@ class ProcessEngine:
         self._end_process()
         self._detach()  # before the close: the loop must not watch a descriptor number reused later
         self._end()  # whatever is still open fails, unless the loop saw the EOF first
-        self._conn.close()
+        self._sock.close()
         self._vocab.close()
 
     # ---- the pipe ----
     def _send(self, msg: tuple[Any, ...]) -> None:
         try:
             with self._send_lock:
-                self._conn.send(msg)
+                self._sock.sendall(frame(msg))
         except (OSError, ValueError):  # broken pipe, or closed by close()
             raise BackendUnavailable(f"the llama.cpp engine process is gone ({self._failure or 'closed'})") from None
 
@@ -293,19 +300,27 @@ class ProcessEngine:
             removed.wait(5)
 
     def _on_readable(self) -> None:
-        """On the home loop: hand every step message that has arrived to its requests."""
-        loop = self._home
+        """On the home loop: hand every step message that has arrived to its requests.
+
+        One non-blocking ``recv`` takes whatever has arrived; a partial message waits in
+        ``Frames`` for the rest (the loop calls again while bytes are pending)."""
         try:
-            # A message is written in one piece by a process that is writing it now, so a recv
-            # that finds only part of one (a large embedding result) waits for bytes in flight.
-            while self._conn.poll():
-                kind, items, stats = self._conn.recv()
+            data = self._sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._on_eof()
+            return
+        if not data:
+            self._on_eof()
+            return
+        try:
+            messages, self._backlog = [*self._backlog, *self._frames.feed(data)], []
+            for kind, items, stats in messages:
                 if kind == "step":
                     self._stats = stats
                     if items:
-                        self._streams.dispatch(items, loop)
-        except (EOFError, OSError):
-            self._on_eof()
+                        self._streams.dispatch(items, self._home)
         except Exception:
             log.exception("engine pipe: unreadable message; treating the engine process as dead")
             self._on_eof()
