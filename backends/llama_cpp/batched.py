@@ -29,8 +29,8 @@ from backends.llama_cpp.admission import RequestGate
 from backends.llama_cpp.native import ContextConfig, NativeModel
 from backends.llama_cpp.options import engine_option_problem
 from backends.llama_cpp.scheduler import Scheduler
-from backends.llama_cpp.slots import RequestHandle
-from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams, TokenLogprob, Usage
+from backends.llama_cpp.slots import Deltas, LoopSink, RequestHandle, Sink
+from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,43 @@ class BatchedEngine:
         smp.free_chain(gr.sampler(grammar, self._native.vocab))
         return grammar
 
+    def prepare(
+        self,
+        request_id: str,
+        prompt_tokens: list[int],
+        sampling: SamplingParams,
+        constraint: Constraint | None,
+        sink: Sink,
+        tag: int = 0,
+    ) -> RequestHandle:
+        """A checked request whose items the engine thread will hand to ``sink`` once submitted.
+
+        Raises ``InvalidRequest`` (a prompt past ``n_ctx``, a bad logit_bias id, a constraint
+        that does not compile) before anything is queued.
+        """
+        limit = self._completion_limit(prompt_tokens, sampling)
+        check_token_ids((token for token, _ in sampling.logit_bias), self._native.n_vocab, "logit_bias")
+        grammar = self._grammar(constraint)
+        return RequestHandle(request_id, list(prompt_tokens), sampling, limit, sink, grammar, tag)
+
+    def submit(self, req: RequestHandle, *, queue_timeout_s: float | None = None) -> None:
+        """Queue ``req`` for a slot: raises ``Overloaded`` when full, ``BackendUnavailable`` when stopped.
+
+        A request with no room for a completion token is answered "length" through its sink at once.
+        """
+        if req.limit == 0:
+            req.counted = False  # never submitted: nothing to release
+            req.sink.send([(req, GenerationChunk(finish_reason="length", usage=Usage(len(req.prompt), 0)))])
+            return
+        self._gate.submit(req, queue_timeout_s=queue_timeout_s)
+
+    def cancel(self, req: RequestHandle) -> None:
+        """Nobody reads ``req`` any more: the engine drops the sequence and its KV cells next step."""
+        req.cancelled = True
+        # Give the capacity back now, so a client retrying at once is not told "full".
+        self._gate.release(req)
+        self._gate.wake.set()
+
     async def generate(
         self,
         request_id: str,
@@ -203,56 +240,27 @@ class BatchedEngine:
         *,
         queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
-        limit = self._completion_limit(prompt_tokens, sampling)
-        check_token_ids((token for token, _ in sampling.logit_bias), self._native.n_vocab, "logit_bias")
-        grammar = self._grammar(constraint)
-        if limit == 0:
-            yield GenerationChunk(finish_reason="length", usage=Usage(len(prompt_tokens), 0))
-            return
-        loop = asyncio.get_running_loop()
-        req = RequestHandle(request_id, list(prompt_tokens), sampling, limit, loop, grammar)
+        req = self.prepare(request_id, prompt_tokens, sampling, constraint, LoopSink(asyncio.get_running_loop()))
         # Raises before the first yield: the HTTP layer can still answer 429/503.
-        self._gate.submit(req, queue_timeout_s=queue_timeout_s)
+        self.submit(req, queue_timeout_s=queue_timeout_s)
+        deltas = Deltas()
         try:
-            # Tokens (and the queue time) of chunks whose text is still held back by the engine
-            # (partial UTF-8 or a possible stop string): an empty delta is never yielded.
-            carried, queue_s = 0, None
             while True:
                 items = await req.take()  # everything delivered since we last looked, merged below
                 tail = items[-1]
-                error = tail if isinstance(tail, BaseException) else None
-                chunks = [c for c in items if isinstance(c, GenerationChunk)]
-                text = "".join(c.text for c in chunks)
-                tokens = carried + sum(c.tokens for c in chunks)
-                queue_s = next((c.queue_s for c in chunks if c.queue_s is not None), queue_s)
-                logprobs: tuple[TokenLogprob, ...] = sum((c.logprobs for c in chunks), ())
-                last = chunks[-1] if chunks else None
-                if last is not None and last.finish_reason is not None:
+                delta = deltas.merge([c for c in items if isinstance(c, GenerationChunk)])
+                if delta is not None and delta.finish_reason is not None:
                     req.done = True
-                    yield GenerationChunk(
-                        text,
-                        tokens,
-                        last.finish_reason,
-                        last.usage,
-                        queue_s,
-                        logprobs,
-                        stop_sequence=last.stop_sequence,
-                    )
+                    yield delta
                     return
-                if error is not None:
+                if isinstance(tail, BaseException):
                     req.done = True
-                    raise error
-                if text:
-                    yield GenerationChunk(text, tokens, queue_s=queue_s, logprobs=logprobs)
-                    carried, queue_s = 0, None
-                else:
-                    carried = tokens
+                    raise tail
+                if delta is not None:
+                    yield delta
         finally:
             if not req.done:
-                req.cancelled = True  # the engine drops the sequence and its KV cells next step
-                # Give the capacity back now, so a client retrying at once is not told "full".
-                self._gate.release(req)
-                self._gate.wake.set()
+                self.cancel(req)
 
     def stats(self) -> EngineStats:
         running = self._scheduler.running

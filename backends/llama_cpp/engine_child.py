@@ -7,10 +7,12 @@ one end of a socket pair as FD. It reads its ``ChildConfig`` from it, loads the 
 ``("ready", facts)`` or ``("failed", why)`` in one message, then serves requests over the pipe
 (``engine_wire`` lists the messages) until told to close or the server goes away.
 
-Requests run through the engine's public API on this process's event loop, one task each. The
-engine thread hands every step's chunks to this loop in one call, which wakes those tasks in one
-loop iteration; each task's chunk goes to an outbox that one callback, scheduled behind them,
-sends as ONE message. So a step of N sequences costs one pickle and one write, not N.
+Messages from the server are handled on this process's event loop: a generate request is checked
+and queued there (``BatchedEngine.prepare`` and ``submit``, so a refusal goes straight back). Its
+tokens do not pass through that loop: the engine thread hands each step's chunks of every request
+to ``_Serve.send`` (their ``Sink``), which writes them as ONE message. So a step of N sequences
+costs one pickle and one write, and no thread wake-up in this process, where a wake-up per step
+would take CPU from llama.cpp's own threads.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
 from backends.llama_cpp.engine_wire import ChildConfig, EngineFacts, Failure, Item
+from backends.llama_cpp.slots import Item as EngineItem
+from backends.llama_cpp.slots import RequestHandle
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +86,18 @@ def _facts(engine: Any, embedding_size: int) -> EngineFacts:
 
 
 class _Serve:
+    """Requests from the pipe, on this process's event loop; their items go back from the engine
+    thread (this object is every request's ``Sink``), so a step costs no wake-up here."""
+
     def __init__(self, conn: Connection, engine: Any, embedder: Any) -> None:
         self._conn = conn
         self._engine = engine
         self._embedder = embedder
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._outbox: list[tuple[int, Item]] = []
-        self._flush_pending = False
+        self._send_lock = threading.Lock()  # the engine thread and this loop both write the pipe
+        # rid -> request, until its last item is sent; the engine thread pops, this loop adds and
+        # pops (a cancel), each a single dict operation, atomic under the GIL.
+        self._live: dict[int, RequestHandle] = {}
+        self._embeds: dict[int, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._last_stats: Any = None
 
@@ -100,7 +110,7 @@ class _Serve:
         finally:
             loop.remove_reader(self._conn.fileno())
             watcher.cancel()
-            for task in list(self._tasks.values()):
+            for task in list(self._embeds.values()):
                 task.cancel()
 
     def _on_readable(self) -> None:
@@ -113,57 +123,69 @@ class _Serve:
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "generate":
-            rid = msg[1]
-            self._tasks[rid] = asyncio.create_task(self._generate(*msg[1:]))
+            self._generate(*msg[1:])
         elif kind == "embed":
             rid = msg[1]
-            self._tasks[rid] = asyncio.create_task(self._embed(rid, msg[2]))
+            self._embeds[rid] = asyncio.create_task(self._embed(rid, msg[2]))
         elif kind == "cancel":
-            task = self._tasks.pop(msg[1], None)
+            req = self._live.pop(msg[1], None)
+            if req is not None:
+                self._engine.cancel(req)  # the engine frees the slot and its KV cells next step
+            task = self._embeds.pop(msg[1], None)
             if task is not None:
-                task.cancel()  # the engine's generator frees the slot and its KV cells next step
+                task.cancel()
         elif kind == "close":
             self._stop.set()
         else:
             log.error("unknown message %r from the server", kind)
 
-    async def _generate(self, rid: int, request_id: str, prompt: list[int], *args: Any) -> None:
+    def _generate(self, rid: int, request_id: str, prompt: list[int], *args: Any) -> None:
         sampling, constraint, queue_timeout_s = args
         try:
-            stream = self._engine.generate(request_id, prompt, sampling, constraint, queue_timeout_s=queue_timeout_s)
-            async for chunk in stream:
-                self._emit(rid, chunk)
+            req = self._engine.prepare(request_id, prompt, sampling, constraint, self, rid)
+            self._live[rid] = req  # before submit: the engine thread may finish it at once
+            self._engine.submit(req, queue_timeout_s=queue_timeout_s)
         except Exception as exc:
-            self._emit(rid, Failure.of(exc))
-        finally:
-            self._tasks.pop(rid, None)
+            self._live.pop(rid, None)
+            self._reply(rid, Failure.of(exc))
 
     async def _embed(self, rid: int, inputs: list[list[int]]) -> None:
         try:
-            self._emit(rid, await self._embedder.embed(inputs))
+            item: Item = await self._embedder.embed(inputs)
         except Exception as exc:
-            self._emit(rid, Failure.of(exc))
+            item = Failure.of(exc)
         finally:
-            self._tasks.pop(rid, None)
+            self._embeds.pop(rid, None)
+        self._reply(rid, item)
 
-    def _emit(self, rid: int, item: Item) -> None:
-        self._outbox.append((rid, item))
-        if not self._flush_pending:
-            # Behind every task this step's hand-off woke: they all add to this one message.
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    def send(self, items: list[tuple[RequestHandle, EngineItem]]) -> None:
+        """``Sink``, on the engine thread: a step's items, every request's together, as ONE message."""
+        wire: list[tuple[int, Item]] = []
+        for req, item in items:
+            if isinstance(item, BaseException):
+                wire.append((req.tag, Failure.of(item)))
+            else:
+                wire.append((req.tag, item))
+                if item.finish_reason is None:
+                    continue
+            self._live.pop(req.tag, None)  # its last item: nothing left to cancel
+        if not self._write(wire):
+            raise RuntimeError("the server is gone")
 
-    def _flush(self) -> None:
-        items, self._outbox, self._flush_pending = self._outbox, [], False
-        self._send(items)
+    def _reply(self, rid: int, item: Item) -> None:
+        if not self._write([(rid, item)]):
+            self._stop.set()
 
-    def _send(self, items: list[tuple[int, Item]]) -> None:
+    def _write(self, items: list[tuple[int, Item]]) -> bool:
+        """False when the server is gone."""
         stats = self._engine.stats()
         self._last_stats = stats
         try:
-            self._conn.send(("step", items, stats))
-        except OSError:  # the server is gone
-            self._stop.set()
+            with self._send_lock:
+                self._conn.send(("step", items, stats))
+        except OSError:
+            return False
+        return True
 
     async def _watch_stats(self) -> None:
         # Stats ride on every step message; this catches the changes no chunk carries (a request
@@ -171,5 +193,5 @@ class _Serve:
         while True:
             await asyncio.sleep(0.25)
             with contextlib.suppress(Exception):
-                if self._engine.stats() != self._last_stats:
-                    self._send([])
+                if self._engine.stats() != self._last_stats and not self._write([]):
+                    self._stop.set()

@@ -1,13 +1,18 @@
 """What crosses the pipe between the server and a llama.cpp engine process.
 
-Every message is one pickled object (``multiprocessing.connection.Connection`` framing):
+Every message is one pickled object in ``multiprocessing.connection.Connection`` framing: the
+engine process reads and writes with a ``Connection``; the server frames its own (``frame``) and
+splits what it reads (``Frames``), so its event loop never blocks on a partial message and reads
+a step with one ``recv``.
 
 - server -> engine: first a ``ChildConfig``; then ``("generate", rid, request_id, prompt_tokens, sampling, constraint,
   queue_timeout_s)``, ``("embed", rid, inputs)``, ``("cancel", rid)``, ``("close",)``.
 - engine -> server: first ``("ready", EngineFacts)`` or ``("failed", Failure)``; then
   ``("step", [(rid, item), ...], EngineStats)``: ONE message per engine step carrying every
   request's new item (a ``GenerationChunk``, a ``Failure``, or an embedding result), never one
-  per token.
+  per token. Chunks are the engine thread's own, one per sampled token (empty text while the
+  text is held back); the server merges them into deltas (``slots.Deltas``) as the in-process
+  engine's consumer does.
 
 ``rid`` numbers a request on this pipe; the client's request id travels once, for the logs.
 Errors cross as ``Failure`` rather than pickled exceptions: pickling rebuilds an exception from
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
+import struct
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -82,12 +89,52 @@ class EngineFacts:
     embedding_size: int
 
 
+_SIZE = struct.Struct("!i")
+_BIG_SIZE = struct.Struct("!Q")  # after a size of -1: a message of 2 GiB or more
+
+
+def frame(msg: object) -> bytes:
+    """``msg`` as a ``Connection`` receives it: its size, then its pickle."""
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > 0x7FFFFFFF:
+        return _SIZE.pack(-1) + _BIG_SIZE.pack(len(data)) + data
+    return _SIZE.pack(len(data)) + data
+
+
+class Frames:
+    """The messages in the bytes a ``Connection`` wrote, fed in whatever pieces they arrived."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Every message ``data`` completes, in order; a partial one waits for the next feed."""
+        buf = self._buf
+        buf += data
+        out: list[Any] = []
+        pos = 0
+        while len(buf) - pos >= _SIZE.size:
+            (size,) = _SIZE.unpack_from(buf, pos)
+            start = pos + _SIZE.size
+            if size == -1:
+                if len(buf) - start < _BIG_SIZE.size:
+                    break
+                (size,) = _BIG_SIZE.unpack_from(buf, start)
+                start += _BIG_SIZE.size
+            if len(buf) - start < size:
+                break
+            out.append(pickle.loads(buf[start : start + size]))
+            pos = start + size
+        del buf[:pos]
+        return out
+
+
 class Demux:
     """Routes each step's items to the per-request asyncio queues they belong to.
 
-    ``dispatch`` runs on the thread that reads the pipe: it makes one thread-safe hand-off per
-    event loop per step (as the in-process engine does), and the loop puts every item in its
-    request's queue.
+    ``dispatch`` runs where the pipe is read, normally the requests' own event loop, which puts
+    the items in their queues at once; a request on another loop gets them through one
+    thread-safe hand-off per loop and step.
     """
 
     def __init__(self) -> None:
@@ -115,7 +162,8 @@ class Demux:
         with self._lock:
             return len(self._open)
 
-    def dispatch(self, items: Iterable[tuple[int, Item]]) -> None:
+    def dispatch(self, items: Iterable[tuple[int, Item]], here: asyncio.AbstractEventLoop | None = None) -> None:
+        """``here``: the running loop dispatching, if any (its requests need no hand-off)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
         with self._lock:
             for rid, item in items:
@@ -123,6 +171,9 @@ class Demux:
                 if target is not None:  # else the request was closed meanwhile: nobody reads it
                     by_loop.setdefault(target[0], []).append((target[1], item))
         for loop, group in by_loop.items():
+            if loop is here:
+                _put_all(group)
+                continue
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody will read these
                 loop.call_soon_threadsafe(_put_all, group)
 

@@ -9,12 +9,16 @@ The server keeps a vocab-only copy of the model (``vocabulary.Vocabulary``): tok
 detokenizing and naming tokens are synchronous calls on the request path, and a round trip to
 the engine process for each would put the engine's busy event loop in front of every request.
 Generation and embeddings go to the engine process (``engine_child``) over one pipe; its replies
-come back one message per engine step and a reader thread hands them to the requests' queues
-(``engine_wire.Demux``).
+come back one message per engine step, read on the requests' event loop (``add_reader``) and put
+in their queues (``engine_wire.Demux``). A reader thread would cost every step a second wake-up
+and a GIL hand-over: woken by the pipe, it must wait for the busy event loop to let go of the
+GIL (up to the 5 ms switch interval) before it can hand the step over, and on 2 cores its CPU
+comes out of llama.cpp's threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -24,12 +28,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncGenerator, Mapping
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from backends.errors import BackendStartupError, BackendUnavailable
-from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Vectors
+from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Frames, Vectors, frame
+from backends.llama_cpp.slots import Deltas
 from backends.llama_cpp.vocabulary import Vocabulary
 from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
 
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # A clean close frees the model and exits at once; past this the process is killed.
 CLOSE_TIMEOUT_S = 30.0
+_READ_SIZE = 1 << 16  # a step message is a few hundred bytes; an embedding result takes several reads
 
 
 def exit_description(exitcode: int | None) -> str:
@@ -93,28 +98,37 @@ class ProcessEngine:
             )
         finally:
             child_sock.close()  # the child's copy is now the only one: its death is our EOF
-        self._conn = Connection(parent_sock.detach())
+        self._sock = parent_sock
+        self._fd = parent_sock.fileno()
+        self._frames = Frames()
+        self._backlog: list[Any] = []  # messages read with the "ready" one
         config = ChildConfig(model_path, engine_options, embedding_pooling, logging.getLogger().getEffectiveLevel())
-        self._conn.send(config)
+        self._sock.sendall(frame(config))
         self._failure: str | None = None
         self._closed = False
         self._send_lock = threading.Lock()
         self._stats = EngineStats()
         self._streams = Demux()
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop reading the pipe
+        self._home_lock = threading.Lock()
+        self._ended = threading.Lock()  # taken once, by whoever fails the open requests at the end
         try:
             self._vocab = Vocabulary(model_path)  # meanwhile the engine process loads the weights
             self._facts = self._await_ready(model_path)
         except BaseException:
-            self._conn.close()  # a child still loading then fails its "ready" send and exits
+            self._sock.close()  # a child still loading then fails its "ready" send and exits
             self._end_process()
             raise
-        self._reader = threading.Thread(target=self._read, name=f"llama-pipe-{model_path.name}", daemon=True)
-        self._reader.start()
         log.info("llama.cpp engine process %d serves %s", self.pid, model_path.name)
 
     def _await_ready(self, model_path: Path) -> EngineFacts:
         try:
-            kind, payload = self._conn.recv()
+            while not self._backlog:
+                data = self._sock.recv(_READ_SIZE)
+                if not data:
+                    raise EOFError
+                self._backlog = self._frames.feed(data)
+            kind, payload = self._backlog.pop(0)
         except (EOFError, OSError):
             how = exit_description(self._wait(5))
             raise BackendStartupError(f"the engine process died while loading {model_path.name} ({how})") from None
@@ -164,10 +178,13 @@ class ProcessEngine:
 
     @property
     def alive(self) -> bool:
-        return self._failure is None and not self._closed and self._reader.is_alive()
+        return self.failure is None and not self._closed
 
     @property
     def failure(self) -> str | None:
+        # With no request open nobody may be reading the pipe's EOF: ask the process itself.
+        if self._failure is None and not self._closed and self._proc.poll() is not None:
+            return f"the engine process {exit_description(self._proc.returncode)}"
         return self._failure
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -183,19 +200,26 @@ class ProcessEngine:
         queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         rid, queue = self._streams.open()
+        self._attach()
+        deltas = Deltas()
         done = False
         try:
             self._send(("generate", rid, request_id, list(prompt_tokens), sampling, constraint, queue_timeout_s))
             while True:
-                item = await queue.get()
-                if isinstance(item, Failure):
+                items = [await queue.get()]
+                while not queue.empty():  # a step's worth or more: merged into one delta
+                    items.append(queue.get_nowait())
+                tail = items[-1]
+                delta = deltas.merge([c for c in items if isinstance(c, GenerationChunk)])
+                if delta is not None and delta.finish_reason is not None:
                     done = True
-                    raise item.exception()
-                assert isinstance(item, GenerationChunk)
-                done = item.finish_reason is not None
-                yield item
-                if done:
+                    yield delta
                     return
+                if isinstance(tail, Failure):
+                    done = True
+                    raise tail.exception()
+                if delta is not None:
+                    yield delta
         finally:
             self._streams.close(rid)
             if not done:
@@ -204,6 +228,7 @@ class ProcessEngine:
     async def embed(self, inputs: list[list[int]]) -> Vectors:
         """One unit-length vector per input, computed by the engine process's embedding context."""
         rid, queue = self._streams.open()
+        self._attach()
         done = False
         try:
             self._send(("embed", rid, inputs))
@@ -229,15 +254,16 @@ class ProcessEngine:
         with contextlib.suppress(BackendUnavailable):  # already gone
             self._send(("close",))
         self._end_process()
-        self._reader.join(5)  # it reads the pipe's EOF now that the process has exited
-        self._conn.close()
+        self._detach()  # before the close: the loop must not watch a descriptor number reused later
+        self._end()  # whatever is still open fails, unless the loop saw the EOF first
+        self._sock.close()
         self._vocab.close()
 
     # ---- the pipe ----
     def _send(self, msg: tuple[Any, ...]) -> None:
         try:
             with self._send_lock:
-                self._conn.send(msg)
+                self._sock.sendall(frame(msg))
         except (OSError, ValueError):  # broken pipe, or closed by close()
             raise BackendUnavailable(f"the llama.cpp engine process is gone ({self._failure or 'closed'})") from None
 
@@ -245,19 +271,75 @@ class ProcessEngine:
         with contextlib.suppress(BackendUnavailable):  # nothing left to cancel
             self._send(("cancel", rid))
 
-    def _read(self) -> None:
-        """Reader thread: demultiplex step messages until the pipe ends (close, or a crash)."""
+    def _attach(self) -> None:
+        """Read the pipe on the calling request's event loop (the server's one loop), unless
+        another running loop already does: that one then forwards this request's items."""
+        loop = asyncio.get_running_loop()
+        with self._home_lock:
+            home = self._home
+            if home is loop or self._ended.locked():
+                return
+            if home is not None and not home.is_closed():
+                if home.is_running():
+                    return
+                home.remove_reader(self._fd)  # a loop that stopped (a test's): this one takes over
+            loop.add_reader(self._fd, self._on_readable)
+            self._home = loop
+
+    def _detach(self) -> None:
+        """Stop reading the pipe; returns once no loop watches it any more."""
+        with self._home_lock:
+            loop, self._home = self._home, None
+        if loop is None or loop.is_closed():
+            return
+        if not loop.is_running() or _running_loop() is loop:
+            loop.remove_reader(self._fd)
+            return
+        removed = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(self._fd)
+            removed.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile, and its watch with it
+            loop.call_soon_threadsafe(remove)
+            removed.wait(5)
+
+    def _on_readable(self) -> None:
+        """On the home loop: hand every step message that has arrived to its requests.
+
+        One non-blocking ``recv`` takes whatever has arrived; a partial message waits in
+        ``Frames`` for the rest (the loop calls again while bytes are pending)."""
         try:
-            while True:
-                kind, items, stats = self._conn.recv()
+            data = self._sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._on_eof()
+            return
+        if not data:
+            self._on_eof()
+            return
+        try:
+            messages, self._backlog = [*self._backlog, *self._frames.feed(data)], []
+            for kind, items, stats in messages:
                 if kind == "step":
                     self._stats = stats
                     if items:
-                        self._streams.dispatch(items)
-        except (EOFError, OSError):
-            pass
+                        self._streams.dispatch(items, self._home)
         except Exception:
             log.exception("engine pipe: unreadable message; treating the engine process as dead")
+            self._on_eof()
+
+    def _on_eof(self) -> None:
+        self._detach()
+        # Its exit status names the crash ("killed by SIGSEGV"); the loop must not wait for it.
+        threading.Thread(target=self._end, name=f"llama-reap-{self.pid}", daemon=True).start()
+
+    def _end(self) -> None:
+        """The engine process has ended (a crash, or close): fail every open request, once."""
+        if not self._ended.acquire(blocking=False):
+            return
         how = exit_description(self._wait(5))
         if self._closed:
             message = "the llama.cpp engine stopped"
@@ -280,3 +362,10 @@ class ProcessEngine:
             log.warning("llama.cpp engine process %d did not stop in %g s; killing it", self.pid, CLOSE_TIMEOUT_S)
             self._proc.kill()
             self._proc.wait()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

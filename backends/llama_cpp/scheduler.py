@@ -10,7 +10,6 @@ so slot state needs no locks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
@@ -21,13 +20,13 @@ from backends.llama_cpp import sampling as smp
 from backends.llama_cpp.admission import RequestGate
 from backends.llama_cpp.batch_sampling import BatchSampler, Draw
 from backends.llama_cpp.native import NativeModel
-from backends.llama_cpp.slots import Active, Item, RequestHandle, Slot, deliver, pick_slot
+from backends.llama_cpp.slots import Active, Item, RequestHandle, Sink, Slot, pick_slot
 from backends.textstream import TextStream
 from backends.types import FinishReason, GenerationChunk, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 
-Outbox = dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Item]]]
+Outbox = dict[Sink, list[tuple[RequestHandle, Item]]]
 
 
 class Scheduler:
@@ -65,7 +64,7 @@ class Scheduler:
                 busy = self._step()
                 # Whatever still waits after admission has no slot: fail those past their queue timeout.
                 for req, error in self._gate.expire(self._waiting):
-                    _send({req.loop: [(req, error)]})
+                    _send({req.sink: [(req, error)]})
                 if not busy:
                     self._gate.wake.wait()
         except Exception as exc:
@@ -231,7 +230,7 @@ class Scheduler:
         else:
             a.next_token = token
             chunk = GenerationChunk(text, 1, queue_s=a.queue_s, logprobs=self._take_logprobs(a, text))
-            outbox.setdefault(a.req.loop, []).append((a.req, chunk))
+            outbox.setdefault(a.req.sink, []).append((a.req, chunk))
             a.queue_s = None
 
     def _bytes(self, token: int) -> bytes:
@@ -253,14 +252,14 @@ class Scheduler:
         chunk = GenerationChunk(
             text, tokens, reason, usage, queue_s=a.queue_s, logprobs=logprobs, stop_sequence=a.text.matched
         )
-        outbox.setdefault(a.req.loop, []).append((a.req, chunk))
+        outbox.setdefault(a.req.sink, []).append((a.req, chunk))
         logger.debug("request %s finished (%s, %d tokens)", a.req.request_id, reason, a.n_generated)
         self._release(slot, keep_kv=self._prefix_cache)
 
     def _fail(self, slot: Slot, exc: BaseException, outbox: Outbox) -> None:
         a = slot.active
         if a is not None:
-            outbox.setdefault(a.req.loop, []).append((a.req, exc))
+            outbox.setdefault(a.req.sink, []).append((a.req, exc))
             self._release(slot, keep_kv=False)
 
     def _release(self, slot: Slot, *, keep_kv: bool) -> None:
@@ -287,7 +286,7 @@ class Scheduler:
         for slot in self._slots:
             self._fail(slot, error, outbox)
         for req in self._waiting:
-            outbox.setdefault(req.loop, []).append((req, error))
+            outbox.setdefault(req.sink, []).append((req, error))
             self._gate.release(req)
         self._waiting.clear()
         self.running = 0
@@ -296,10 +295,10 @@ class Scheduler:
 
 
 def _send(outbox: Outbox) -> None:
-    """One thread-safe hand-off per event loop per step, not one per token."""
-    for loop, items in outbox.items():
+    """One hand-off per sink per step, not one per token."""
+    for sink, items in outbox.items():
         try:
-            loop.call_soon_threadsafe(deliver, items)
-        except RuntimeError:  # the loop is closed: nobody will read these, so stop computing them
+            sink.send(items)
+        except RuntimeError:  # nobody will read these (a closed loop, a gone server): stop computing them
             for req, _ in items:
                 req.cancelled = True

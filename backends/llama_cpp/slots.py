@@ -1,8 +1,8 @@
 """Request and slot state for the batched engine.
 
 ``RequestHandle`` is the only object both threads touch: the engine thread reads its immutable
-fields and sets nothing but (via the event loop) its inbox; the event loop sets ``cancelled``.
-``Slot`` and ``Active`` belong to the engine thread alone, so they need no locking.
+fields and hands its chunks to its ``sink``; the consumer sets ``cancelled``. ``Slot`` and
+``Active`` belong to the engine thread alone, so they need no locking.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from backends.llama_cpp.batch_sampling import Draw
 from backends.llama_cpp.grammar import Grammar
@@ -20,6 +20,28 @@ from backends.textstream import TextStream
 from backends.types import GenerationChunk, SamplingParams, TokenLogprob
 
 Item = GenerationChunk | BaseException
+
+
+class Sink(Protocol):
+    """Where the engine thread hands a step's items: once per step and sink, never per token.
+
+    Sinks are grouped by equality, so every request with an equal sink shares the hand-off.
+    """
+
+    def send(self, items: list[tuple[RequestHandle, Item]]) -> None:
+        """Engine thread. Raises RuntimeError when nobody will read these (the engine then stops
+        computing those requests)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSink:
+    """Requests consumed on an asyncio loop (``RequestHandle.take``): one thread-safe wake-up per step."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def send(self, items: list[tuple[RequestHandle, Item]]) -> None:
+        self.loop.call_soon_threadsafe(deliver, items)  # RuntimeError once the loop is closed
 
 
 class RequestHandle:
@@ -32,11 +54,12 @@ class RequestHandle:
         "grammar",
         "inbox",
         "limit",
-        "loop",
         "prompt",
         "request_id",
         "sampling",
+        "sink",
         "submitted",
+        "tag",
         "waiter",
     )
 
@@ -46,17 +69,19 @@ class RequestHandle:
         prompt: list[int],
         sampling: SamplingParams,
         limit: int,
-        loop: asyncio.AbstractEventLoop,
+        sink: Sink,
         grammar: Grammar | None = None,
+        tag: int = 0,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.sampling = sampling
         self.grammar = grammar  # already checked to compile, so the engine thread cannot fail on it
         self.limit = limit  # most completion tokens: max_tokens capped by the room left in n_ctx
-        self.loop = loop
+        self.sink = sink
+        self.tag = tag  # the sink's own number for the request (the engine pipe's rid)
         self.submitted = time.monotonic()  # queue time = admission - this
-        self.inbox: deque[Item] = deque()  # touched on the loop thread only
+        self.inbox: deque[Item] = deque()  # LoopSink requests: touched on the loop thread only
         self.waiter: asyncio.Future[None] | None = None
         # Set by the loop when the consumer goes away. A plain bool is enough: the engine
         # thread only reads it once per step, and a one-step delay is the promised bound.
@@ -69,7 +94,7 @@ class RequestHandle:
     async def take(self) -> list[Item]:
         """Wait for at least one item, then return everything delivered so far."""
         if not self.inbox:
-            self.waiter = self.loop.create_future()
+            self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
             finally:
@@ -80,12 +105,46 @@ class RequestHandle:
 
 
 def deliver(items: Sequence[tuple[RequestHandle, Item]]) -> None:
-    """Runs on the event loop (scheduled by the engine thread once per step and loop)."""
+    """Runs on the event loop (scheduled by ``LoopSink`` once per step and loop)."""
     for req, item in items:
         req.inbox.append(item)
         waiter = req.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class Deltas:
+    """Turns the chunks a request got since its consumer last looked into at most one delta.
+
+    The engine sends a chunk per token, with empty text while the request's ``TextStream`` holds
+    text back (a partial UTF-8 character, a possible stop string). An empty delta is never
+    yielded: its tokens and queue time ride on the next one.
+    """
+
+    __slots__ = ("carried", "queue_s")
+
+    def __init__(self) -> None:
+        self.carried = 0
+        self.queue_s: float | None = None
+
+    def merge(self, chunks: Sequence[GenerationChunk]) -> GenerationChunk | None:
+        """The delta to yield (the last one has ``finish_reason``), None while all text is held back."""
+        if len(chunks) == 1 and not self.carried and self.queue_s is None and chunks[0].text:
+            return chunks[0]  # the usual step: one token of visible text, nothing to merge
+        text = "".join(c.text for c in chunks)
+        tokens = self.carried + sum(c.tokens for c in chunks)
+        queue_s = next((c.queue_s for c in chunks if c.queue_s is not None), self.queue_s)
+        logprobs: tuple[TokenLogprob, ...] = sum((c.logprobs for c in chunks), ())
+        last = chunks[-1] if chunks else None
+        if last is not None and last.finish_reason is not None:
+            return GenerationChunk(
+                text, tokens, last.finish_reason, last.usage, queue_s, logprobs, stop_sequence=last.stop_sequence
+            )
+        if not text:
+            self.carried, self.queue_s = tokens, queue_s
+            return None
+        self.carried, self.queue_s = 0, None
+        return GenerationChunk(text, tokens, queue_s=queue_s, logprobs=logprobs)
 
 
 @dataclass(slots=True, eq=False)

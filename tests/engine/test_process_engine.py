@@ -67,11 +67,11 @@ async def test_same_text_as_in_process_and_one_message_per_step(
     messages, items = [], []
     dispatch = engine._streams.dispatch
 
-    def counting(step: Any) -> None:
+    def counting(step: Any, *rest: Any) -> None:
         step = list(step)
         messages.append(len(step))
         items.extend(step)
-        dispatch(step)
+        dispatch(step, *rest)
 
     monkeypatch.setattr(engine._streams, "dispatch", counting)
     got = await asyncio.gather(*(stream_text(engine, p) for p in prompts))

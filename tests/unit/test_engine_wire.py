@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import pickle
 import signal
+import socket
 import threading
+from multiprocessing.connection import Connection
 
 import pytest
 
 from backends.errors import BackendUnavailable, InvalidRequest, Overloaded, QueueTimeout
-from backends.llama_cpp.engine_wire import Demux, Failure, Item
+from backends.llama_cpp.engine_wire import Demux, Failure, Frames, Item, frame
 from backends.llama_cpp.process_engine import exit_description
 from backends.types import GenerationChunk, Usage
 
@@ -65,6 +67,28 @@ async def test_one_step_message_reaches_each_request_in_order() -> None:
     thread.join()
     assert await drain(qa) == [chunk("x"), final]
     assert await drain(qb) == [chunk("y")]
+
+
+def test_frames_split_what_a_connection_wrote_however_it_arrives() -> None:
+    a, b = socket.socketpair()
+    with a, b, Connection(a.detach()) as writer:
+        messages = [("step", [(1, chunk("x"))], None), ("step", [], None), "é" * 40_000]
+        for message in messages:
+            writer.send(message)
+        stream = b""
+        while len(stream) < sum(len(frame(m)) for m in messages):
+            stream += b.recv(1 << 16)
+    frames = Frames()
+    got = [m for i in range(0, len(stream), 7) for m in frames.feed(stream[i : i + 7])]
+    assert got == messages  # byte by byte (7 at a time), and a message larger than one read
+    assert Frames().feed(frame(messages[0]) + frame(messages[1])) == messages[:2]
+
+
+async def test_dispatch_on_the_requests_own_loop_needs_no_hand_off() -> None:
+    demux = Demux()
+    rid, queue = demux.open()
+    demux.dispatch([(rid, chunk("x"))], asyncio.get_running_loop())
+    assert queue.get_nowait() == chunk("x")  # already there: no loop iteration in between
 
 
 async def test_a_dead_engine_fails_open_requests_and_refuses_new_ones() -> None:

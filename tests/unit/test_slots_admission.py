@@ -1,6 +1,6 @@
 """Slot picking and admission control of the batched llama.cpp engine, without an engine: these are
-the rules that decide which KV cache a prompt reuses, who gets 429, and when a waiting request
-times out."""
+the rules that decide which KV cache a prompt reuses, who gets 429, when a waiting request
+times out, and how a request's chunks become the deltas its stream yields."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 
 from backends.errors import BackendUnavailable, Overloaded, QueueTimeout
 from backends.llama_cpp.admission import RequestGate
-from backends.llama_cpp.slots import RequestHandle, Slot, common_prefix, pick_slot
-from backends.types import SamplingParams
+from backends.llama_cpp.slots import Deltas, LoopSink, RequestHandle, Slot, common_prefix, pick_slot
+from backends.types import GenerationChunk, SamplingParams, Usage
 
 
 def handle(loop: asyncio.AbstractEventLoop, rid: str = "r") -> RequestHandle:
-    return RequestHandle(rid, [1, 2, 3], SamplingParams(), limit=8, loop=loop)
+    return RequestHandle(rid, [1, 2, 3], SamplingParams(), limit=8, sink=LoopSink(loop))
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,16 @@ async def test_closed_gate_refuses_with_backend_unavailable_and_wakes_the_engine
     assert gate.closed and gate.wake.is_set()
     with pytest.raises(BackendUnavailable):
         gate.submit(handle(asyncio.get_running_loop()))
+
+
+def test_deltas_carry_held_back_tokens_into_the_next_visible_text() -> None:
+    deltas = Deltas()
+    # A partial UTF-8 character: its token is held back, never yielded as an empty delta.
+    assert deltas.merge([GenerationChunk("", 1, queue_s=0.5)]) is None
+    assert deltas.merge([GenerationChunk("é", 1)]) == GenerationChunk("é", 2, queue_s=0.5)
+    plain = GenerationChunk("a", 1)
+    assert deltas.merge([plain]) is plain  # nothing carried: the engine's chunk as it is
+    # Several steps' chunks at once (a consumer that fell behind), ending the stream.
+    final = GenerationChunk("", 0, "stop", Usage(3, 4))
+    merged = deltas.merge([GenerationChunk("b", 1), GenerationChunk("", 1), final])
+    assert merged == GenerationChunk("b", 2, "stop", Usage(3, 4))
