@@ -25,6 +25,8 @@ from backends.types import SamplingParams
 # Tokens looked at first for a top_p-only request: the usual nucleus fits easily, and a flatter
 # distribution falls back to sorting the whole row.
 TOP_P_POOL = 1024
+# Vocabulary entries per partial sum of a full-distribution draw's CDF (see _sample_full).
+CDF_BLOCK = 256
 
 
 @dataclass(slots=True)
@@ -54,7 +56,10 @@ class BatchSampler:
     """Samples the rows of one step; owns a scratch buffer so a step allocates nothing large."""
 
     def __init__(self, n_rows: int, n_vocab: int) -> None:
-        self._scratch = np.empty((n_rows, n_vocab), dtype=np.float32)
+        self._n_vocab = n_vocab
+        self._blocks = -(-n_vocab // CDF_BLOCK)
+        # Padded to whole blocks; the padding is never written, so it stays weight 0.
+        self._scratch = np.zeros((n_rows, self._blocks * CDF_BLOCK), dtype=np.float32)
 
     def sample(self, logits: np.ndarray, rows: Sequence[int], draws: Sequence[Draw]) -> list[int]:
         """The token for each ``(rows[i], draws[i])``; ``logits`` is the step's (n_outputs, n_vocab) view."""
@@ -79,20 +84,41 @@ class BatchSampler:
         return out
 
     def _sample_full(self, logits: np.ndarray, rows: list[int], draws: list[Draw]) -> list[int]:
-        """Inverse-CDF sampling of softmax(logits / T) over the whole vocabulary, all rows at once."""
-        work = self._scratch[: len(rows)]
-        np.take(logits, rows, axis=0, out=work)
-        inv_t = np.array([1.0 / d.temperature for d in draws], dtype=np.float32)[:, None]
-        work *= inv_t
-        work -= work.max(axis=1, keepdims=True)
+        """Inverse-CDF sampling of softmax(logits / T) over the whole vocabulary, all rows at once.
+
+        The CDF is never built whole: a running sum over 49k entries is a serial loop in numpy
+        (1.3 ms for 8 rows, most of this function, against 0.2 ms for the exp). Block sums are a
+        vectorised reduction; the draw picks its block from their running sum, then its token from
+        the running sum of that one block.
+        """
+        n = len(rows)
+        work = self._scratch[:n, : self._n_vocab]
+        if rows == list(range(n)):
+            src = logits[:n]  # every output row, in order: read llama.cpp's buffer directly
+        else:
+            np.take(logits, rows, axis=0, out=work)
+            src = work
+        peak = src.max(axis=1, keepdims=True)
+        np.subtract(src, peak, out=work)
+        work *= np.array([1.0 / d.temperature for d in draws], dtype=np.float32)[:, None]
         np.exp(work, out=work)
-        np.cumsum(work, axis=1, out=work)
-        last = work.shape[1] - 1
+        padded = self._scratch[:n]
+        block_cdf = np.cumsum(padded.reshape(n, self._blocks, CDF_BLOCK).sum(axis=2, dtype=np.float64), axis=1)
         out = []
-        for row, d in zip(work, draws, strict=True):
+        for i, d in enumerate(draws):
+            cdf = block_cdf[i]
+            u = d.rng.random() * float(cdf[-1])
             # The first token whose cumulative weight exceeds u: zero-weight tokens are never chosen.
-            u = d.rng.random() * float(row[last])
-            out.append(min(int(np.searchsorted(row, u, side="right")), last))
+            b = min(int(np.searchsorted(cdf, u, side="right")), self._blocks - 1)
+            start = b * CDF_BLOCK
+            weights = padded[i, start : start + CDF_BLOCK]
+            local = np.cumsum(weights, dtype=np.float64)
+            if b:
+                local += cdf[b - 1]
+            j = int(np.searchsorted(local, u, side="right"))
+            if j >= CDF_BLOCK:  # summed in another order, the block fell a rounding short of u
+                j = int(np.flatnonzero(weights)[-1])
+            out.append(start + j)
         return out
 
 

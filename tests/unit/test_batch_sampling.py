@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from backends.llama_cpp.batch_sampling import BatchSampler, Draw
+from backends.llama_cpp.batch_sampling import CDF_BLOCK, BatchSampler, Draw
 from backends.types import SamplingParams
 
 N_VOCAB = 2000
@@ -79,6 +79,26 @@ def test_the_test_rejects_a_wrong_temperature() -> None:
     # The same draws judged against the T=1 distribution when T=0.5 was asked: must fail.
     stat = chi_square(draw_counts(SamplingParams(temperature=0.5)), expected(1.0, list(SUPPORT)))
     assert stat > CRITICAL[4]
+
+
+@pytest.mark.parametrize("tokens", [[255, 256, 511, 512], [0, 1999], [1792, 1999]])
+def test_the_draw_crosses_block_boundaries_exactly(tokens: list[int]) -> None:
+    # The CDF is walked block by block (CDF_BLOCK tokens, the last block partial at 2000): tokens
+    # on either side of a boundary, the first and the last token keep their exact probabilities.
+    assert CDF_BLOCK == 256 and N_VOCAB % CDF_BLOCK
+    support = {t: 1.0 - 0.3 * i for i, t in enumerate(tokens)}
+    rows = np.full((8, N_VOCAB), -40.0, dtype=np.float32)
+    for t, logit in support.items():
+        rows[:, t] = logit
+    sampler = BatchSampler(8, N_VOCAB)
+    draws = [Draw.of(SamplingParams(temperature=1.0), 100 + i) for i in range(8)]
+    counts: dict[int, int] = {}
+    for _ in range(DRAWS // 8):
+        for token in sampler.sample(rows, list(range(8)), draws):
+            counts[token] = counts.get(token, 0) + 1
+    total = sum(math.exp(v) for v in support.values())
+    stat = chi_square(counts, {t: math.exp(v) / total for t, v in support.items()})
+    assert stat < CRITICAL[len(tokens) - 1], f"chi-square {stat:.1f}"
 
 
 def test_greedy_is_the_argmax_and_first_on_ties() -> None:
