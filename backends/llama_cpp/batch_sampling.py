@@ -15,16 +15,13 @@ in the batch, so a seeded request is reproducible beside any neighbours.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from backends.types import SamplingParams
 
-# Tokens looked at first for a top_p-only request: the usual nucleus fits easily, and a flatter
-# distribution falls back to sorting the whole row.
-TOP_P_POOL = 1024
 # Vocabulary entries per partial sum of a full-distribution draw's CDF (see _sample_full).
 CDF_BLOCK = 256
 
@@ -124,35 +121,63 @@ class BatchSampler:
 
 def _sample_truncated(row: np.ndarray, d: Draw) -> int:
     """top_k, then top_p, then min_p (all on the raw logits, as llama.cpp chains them), then T."""
-    n_vocab = row.shape[0]
     peak = float(row.max())
+    pool = kept_tokens(row, d, peak)
+    weights = np.exp((row[pool].astype(np.float64) - peak) / d.temperature)
+    cdf = np.cumsum(weights)
+    u = d.rng.random() * float(cdf[-1])
+    return int(pool[min(int(np.searchsorted(cdf, u, side="right")), len(pool) - 1)])
+
+
+def kept_tokens(row: np.ndarray, d: Draw, peak: float | None = None) -> np.ndarray:
+    """The tokens top_k, top_p and min_p keep, most likely first (ties: the lower id first)."""
+    n_vocab = row.shape[0]
+    peak = float(row.max()) if peak is None else peak
+    weights: np.ndarray | None = None
     if d.top_k > 0 and d.top_k < n_vocab:
-        pool = np.argpartition(row, n_vocab - d.top_k)[n_vocab - d.top_k :]
+        k = d.top_k
+        pool = _sorted_desc(row, _within(row, peak, lambda keep: int(np.count_nonzero(keep)) >= k))[:k]
     elif d.min_p > 0.0:
-        pool = np.flatnonzero(row >= peak + math.log(d.min_p))  # what min_p keeps bounds everything kept
-    elif n_vocab > TOP_P_POOL:
-        pool = np.argpartition(row, n_vocab - TOP_P_POOL)[n_vocab - TOP_P_POOL :]
+        pool = _sorted_desc(row, np.flatnonzero(row >= peak + math.log(d.min_p)))  # bounds what top_p keeps
+    elif d.top_p < 1.0:
+        # Every token above some logit, far enough down to hold top_p of the mass: the nucleus is
+        # its most likely tokens, so only this pool is sorted, never the whole vocabulary.
+        weights = np.exp(row - peak, dtype=np.float64)  # the same terms the cumulative sum below adds
+        need = d.top_p * float(weights.sum(dtype=np.float64))
+        w = weights
+        pool = _sorted_desc(row, _within(row, peak, lambda keep: float(w[keep].sum(dtype=np.float64)) >= need))
     else:
-        pool = np.arange(n_vocab)
-    pool = _sorted_desc(row, pool)
+        pool = _sorted_desc(row, np.arange(n_vocab))
     if d.top_p < 1.0:
         if d.top_k > 0:  # top_p renormalises over what top_k kept
             total = float(np.exp(row[pool] - peak, dtype=np.float64).sum())
+        elif weights is not None:
+            total = float(weights.sum(dtype=np.float64))
         else:
             total = float(np.exp(row - peak, dtype=np.float64).sum())
         cum = np.cumsum(np.exp(row[pool] - peak, dtype=np.float64)) / total
-        if cum[-1] < d.top_p and len(pool) < n_vocab and d.top_k <= 0 and d.min_p <= 0.0:
-            pool = _sorted_desc(row, np.arange(n_vocab))  # a flat row: the nucleus is wider than the pool
-            cum = np.cumsum(np.exp(row[pool] - peak, dtype=np.float64)) / total
         # Keep tokens up to and including the one where the cumulative mass reaches top_p.
         pool = pool[: min(len(pool), int(np.searchsorted(cum, d.top_p, side="left")) + 1)]
     if d.min_p > 0.0:
         keep = int(np.count_nonzero(row[pool] >= peak + math.log(d.min_p)))
         pool = pool[: max(1, keep)]
-    weights = np.exp((row[pool].astype(np.float64) - peak) / d.temperature)
-    cdf = np.cumsum(weights)
-    u = d.rng.random() * float(cdf[-1])
-    return int(pool[min(int(np.searchsorted(cdf, u, side="right")), len(pool) - 1)])
+    return pool
+
+
+def _within(row: np.ndarray, peak: float, enough: Callable[[np.ndarray], bool]) -> np.ndarray:
+    """Every token whose logit is within ``delta`` of the peak, for the first delta (2, 4, 8, ...)
+    whose set is ``enough``; the whole vocabulary if none is.
+
+    A partition over all 49k logits costs ~0.4 ms; a comparison pass ~0.02 ms, and real logits
+    put the few dozen or hundred tokens a truncation keeps within a few units of the peak.
+    """
+    delta = 2.0
+    for _ in range(24):
+        keep = row >= peak - delta
+        if enough(keep):
+            return np.flatnonzero(keep)
+        delta *= 2.0
+    return np.arange(row.shape[0])
 
 
 def _sorted_desc(row: np.ndarray, pool: np.ndarray) -> np.ndarray:

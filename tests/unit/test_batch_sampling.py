@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from backends.llama_cpp.batch_sampling import CDF_BLOCK, BatchSampler, Draw
+from backends.llama_cpp.batch_sampling import CDF_BLOCK, BatchSampler, Draw, kept_tokens
 from backends.types import SamplingParams
 
 N_VOCAB = 2000
@@ -99,6 +99,43 @@ def test_the_draw_crosses_block_boundaries_exactly(tokens: list[int]) -> None:
     total = sum(math.exp(v) for v in support.values())
     stat = chi_square(counts, {t: math.exp(v) / total for t, v in support.items()})
     assert stat < CRITICAL[len(tokens) - 1], f"chi-square {stat:.1f}"
+
+
+def reference_kept(row: np.ndarray, d: Draw) -> list[int]:
+    """llama.cpp's chain spelled out on the whole sorted vocabulary: top_k, top_p, min_p."""
+    order = list(np.argsort(-row, kind="stable"))
+    if d.top_k > 0:
+        order = order[: d.top_k]
+    peak = float(row[order[0]])
+    if d.top_p < 1.0:
+        weights = [math.exp(float(row[t]) - peak) for t in (order if d.top_k > 0 else range(len(row)))]
+        total, cum, cut = sum(weights), 0.0, len(order)
+        for i, t in enumerate(order):
+            cum += math.exp(float(row[t]) - peak)
+            if cum / total >= d.top_p:
+                cut = i + 1
+                break
+        order = order[:cut]
+    if d.min_p > 0.0:
+        order = [t for t in order if float(row[t]) >= peak + math.log(d.min_p)] or order[:1]
+    return [int(t) for t in order]
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 12.0])
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "min_p"),
+    [(40, 1.0, 0.0), (0, 0.95, 0.0), (0, 0.5, 0.0), (0, 1.0, 0.05), (40, 0.95, 0.05), (7, 0.3, 0.0)],
+)
+def test_the_kept_tokens_match_a_sort_of_the_whole_vocabulary(
+    scale: float, top_k: int, top_p: float, min_p: float
+) -> None:
+    # Flat rows (scale 0.3: the nucleus holds thousands of tokens) and peaked ones; rounded logits
+    # make ties, which both sides break towards the lower token id.
+    rng = np.random.default_rng(int(scale * 10) + top_k)
+    d = Draw(1.0, top_k, top_p, min_p, np.random.Generator(np.random.PCG64(0)))
+    for _ in range(3):
+        row = np.round(rng.standard_normal(8192) * scale, 1).astype(np.float32)
+        assert kept_tokens(row, d).tolist() == reference_kept(row, d)
 
 
 def test_greedy_is_the_argmax_and_first_on_ties() -> None:
