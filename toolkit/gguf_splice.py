@@ -8,6 +8,7 @@ metadata section is copied verbatim; only the tensor directory is re-encoded."""
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from collections.abc import Mapping
@@ -38,6 +39,10 @@ class Layout:
     alignment: int
     data_offset: int
     tensors: dict[str, Tensor]  # in file order
+
+    @property
+    def n_weights(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors.values())
 
     @property
     def type_names(self) -> dict[str, str]:

@@ -176,9 +176,9 @@ def _library(
     path = folder / f"library-{qtype}.gguf"
     wanted = {n for g in groups for n in g.tensors}
     if path.is_file():
-        kinds = read_layout(path).type_names
-        if all(kinds.get(n) == qtype for n in wanted):
-            return read_layout(path)
+        left = read_layout(path)
+        if all(left.type_names.get(n) == qtype for n in wanted):
+            return left
     own = source.type_names
     types = {n: TYPES[qtype if n in wanted else own[n]].ggml_id for n in source.tensors}
     quantize_tensors(source.path, path, types, file_type=TYPES[qtype].ftype, imatrix=imatrix, threads=threads)

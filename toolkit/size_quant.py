@@ -99,8 +99,7 @@ def _capacity(source: Layout, fixed: dict[str, int], budget: Budget) -> tuple[in
         overhead += output_header_bytes(source)
         return budget.file_bytes - overhead, overhead
     assert budget.bits_per_weight is not None
-    params = sum(math.prod(t.shape) for t in source.tensors.values())
-    return math.floor(budget.bits_per_weight * params / 8) - overhead, overhead
+    return math.floor(budget.bits_per_weight * source.n_weights / 8) - overhead, overhead
 
 
 def plan_groups(cfg: SearchConfig, source: Layout) -> tuple[list[mix_plan.Group], int, int]:
@@ -108,8 +107,9 @@ def plan_groups(cfg: SearchConfig, source: Layout) -> tuple[list[mix_plan.Group]
     types = candidate_types(cfg.types, imatrix=cfg.imatrix is not None)
     groups, fixed = mix_plan.make_groups(source, types, cfg.bands, padded_sizes=cfg.budget.file_bytes is not None)
     capacity, overhead = _capacity(source, fixed, cfg.budget)
-    low, high = mix_plan.cheapest(groups) + overhead, mix_plan.richest(groups) + overhead
-    if capacity < mix_plan.cheapest(groups):
+    cheapest = mix_plan.cheapest(groups)
+    if capacity < cheapest:
+        low, high = cheapest + overhead, mix_plan.richest(groups) + overhead
         if cfg.budget.file_bytes is not None:
             smallest, richest = f"{low / MiB:.2f} MiB ({low:,} bytes)", f"{high / MiB:.2f} MiB"
         else:
@@ -122,7 +122,7 @@ def plan_groups(cfg: SearchConfig, source: Layout) -> tuple[list[mix_plan.Group]
 
 
 def _bpw(source: Layout, data_bytes: int) -> float:
-    return 8 * data_bytes / sum(math.prod(t.shape) for t in source.tensors.values())
+    return 8 * data_bytes / source.n_weights
 
 
 def search(cfg: SearchConfig, progress: Progress = _quiet) -> MixResult:

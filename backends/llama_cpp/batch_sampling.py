@@ -135,7 +135,7 @@ def kept_tokens(row: np.ndarray, d: Draw, peak: float | None = None) -> np.ndarr
     """The tokens top_k, top_p and min_p keep, most likely first (ties: the lower id first)."""
     n_vocab = row.shape[0]
     peak = float(row.max()) if peak is None else peak
-    weights: np.ndarray | None = None
+    mass: float | None = None  # of the whole vocabulary, once computed
     if d.top_k > 0 and d.top_k < n_vocab:
         k = d.top_k
         pool = _sorted_desc(row, _within(row, peak, lambda keep: int(np.count_nonzero(keep)) >= k))[:k]
@@ -145,16 +145,16 @@ def kept_tokens(row: np.ndarray, d: Draw, peak: float | None = None) -> np.ndarr
         # Every token above some logit, far enough down to hold top_p of the mass: the nucleus is
         # its most likely tokens, so only this pool is sorted, never the whole vocabulary.
         weights = np.exp(row - peak, dtype=np.float64)  # the same terms the cumulative sum below adds
-        need = d.top_p * float(weights.sum(dtype=np.float64))
-        w = weights
-        pool = _sorted_desc(row, _within(row, peak, lambda keep: float(w[keep].sum(dtype=np.float64)) >= need))
+        mass = float(weights.sum())
+        need = d.top_p * mass
+        pool = _sorted_desc(row, _within(row, peak, lambda keep: float(weights[keep].sum()) >= need))
     else:
         pool = _sorted_desc(row, np.arange(n_vocab))
     if d.top_p < 1.0:
         if d.top_k > 0:  # top_p renormalises over what top_k kept
             total = float(np.exp(row[pool] - peak, dtype=np.float64).sum())
-        elif weights is not None:
-            total = float(weights.sum(dtype=np.float64))
+        elif mass is not None:
+            total = mass
         else:
             total = float(np.exp(row - peak, dtype=np.float64).sum())
         cum = np.cumsum(np.exp(row[pool] - peak, dtype=np.float64)) / total
