@@ -24,7 +24,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from backends.llama_cpp.engine_wire import ChildConfig, EngineFacts, Failure, Item
+from backends.llama_cpp.engine_wire import ChildConfig, EngineFacts, Failure, Item, WireItem, stats_to_wire, to_wire
 from backends.llama_cpp.slots import Item as EngineItem
 from backends.llama_cpp.slots import RequestHandle
 
@@ -160,12 +160,12 @@ class _Serve:
 
     def send(self, items: list[tuple[RequestHandle, EngineItem]]) -> None:
         """``Sink``, on the engine thread: a step's items, every request's together, as ONE message."""
-        wire: list[tuple[int, Item]] = []
+        wire: list[tuple[int, WireItem]] = []
         for req, item in items:
             if isinstance(item, BaseException):
                 wire.append((req.tag, Failure.of(item)))
             else:
-                wire.append((req.tag, item))
+                wire.append((req.tag, to_wire(item)))
                 if item.finish_reason is None:
                     continue
             self._live.pop(req.tag, None)  # its last item: nothing left to cancel
@@ -176,13 +176,13 @@ class _Serve:
         if not self._write([(rid, item)]):
             self._stop.set()
 
-    def _write(self, items: list[tuple[int, Item]]) -> bool:
+    def _write(self, items: list[tuple[int, WireItem]]) -> bool:
         """False when the server is gone."""
         stats = self._engine.stats()
         self._last_stats = stats
         try:
             with self._send_lock:
-                self._conn.send(("step", items, stats))
+                self._conn.send(("step", items, stats_to_wire(stats)))
         except OSError:
             return False
         return True

@@ -32,7 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import BackendStartupError, BackendUnavailable
-from backends.llama_cpp.engine_wire import ChildConfig, Demux, EngineFacts, Failure, Frames, Vectors, frame
+from backends.llama_cpp.engine_wire import (
+    ChildConfig,
+    Demux,
+    EngineFacts,
+    Failure,
+    Frames,
+    Vectors,
+    WireStats,
+    frame,
+    from_wire,
+    stats_from_wire,
+)
 from backends.llama_cpp.slots import Deltas
 from backends.llama_cpp.vocabulary import Vocabulary
 from backends.types import Constraint, EngineStats, GenerationChunk, SamplingParams
@@ -107,7 +118,7 @@ class ProcessEngine:
         self._failure: str | None = None
         self._closed = False
         self._send_lock = threading.Lock()
-        self._stats = EngineStats()
+        self._stats: WireStats | None = None  # as the last step message had them (None: none yet)
         self._streams = Demux()
         self._home: asyncio.AbstractEventLoop | None = None  # the loop reading the pipe
         self._home_lock = threading.Lock()
@@ -206,9 +217,9 @@ class ProcessEngine:
         try:
             self._send(("generate", rid, request_id, list(prompt_tokens), sampling, constraint, queue_timeout_s))
             while True:
-                items = [await queue.get()]
+                items = [from_wire(await queue.get())]
                 while not queue.empty():  # a step's worth or more: merged into one delta
-                    items.append(queue.get_nowait())
+                    items.append(from_wire(queue.get_nowait()))
                 tail = items[-1]
                 delta = deltas.merge([c for c in items if isinstance(c, GenerationChunk)])
                 if delta is not None and delta.finish_reason is not None:
@@ -244,7 +255,8 @@ class ProcessEngine:
         return item
 
     def stats(self) -> EngineStats:
-        return self._stats
+        wire = self._stats
+        return EngineStats() if wire is None else stats_from_wire(wire)
 
     def close(self) -> None:
         """Stop the engine process (open requests fail with BackendUnavailable) and free the vocabulary."""
@@ -347,7 +359,7 @@ class ProcessEngine:
             self._failure = f"the engine process {how}"
             message = f"the llama.cpp engine process {how}"
             log.error("llama.cpp engine process %d %s; failing its %d open requests", self.pid, how, len(self._streams))
-        self._stats = EngineStats()
+        self._stats = None
         self._streams.fail_all(Failure.of(BackendUnavailable(message)))
 
     def _wait(self, timeout_s: float) -> int | None:

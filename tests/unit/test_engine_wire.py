@@ -12,9 +12,19 @@ from multiprocessing.connection import Connection
 import pytest
 
 from backends.errors import BackendUnavailable, InvalidRequest, Overloaded, QueueTimeout
-from backends.llama_cpp.engine_wire import Demux, Failure, Frames, Item, frame
+from backends.llama_cpp.engine_wire import (
+    Demux,
+    Failure,
+    Frames,
+    WireItem,
+    frame,
+    from_wire,
+    stats_from_wire,
+    stats_to_wire,
+    to_wire,
+)
 from backends.llama_cpp.process_engine import exit_description
-from backends.types import GenerationChunk, Usage
+from backends.types import EngineStats, GenerationChunk, Usage
 
 
 def cross(exc: BaseException) -> Exception:
@@ -45,7 +55,7 @@ def chunk(text: str) -> GenerationChunk:
     return GenerationChunk(text, 1)
 
 
-async def drain(queue: asyncio.Queue[Item]) -> list[Item]:
+async def drain(queue: asyncio.Queue[WireItem]) -> list[WireItem]:
     await asyncio.sleep(0.05)  # let the loop run the hand-off
     out = []
     while not queue.empty():
@@ -107,3 +117,21 @@ def test_exit_description_names_the_signal() -> None:
     assert exit_description(-signal.SIGKILL) == "killed by SIGKILL"
     assert exit_description(1) == "exited with status 1"
     assert exit_description(None) == "still running"
+
+
+def test_chunks_cross_as_plain_data_only_when_nothing_but_one_tokens_text_is_lost() -> None:
+    plain = GenerationChunk(" the", 1)
+    assert to_wire(plain) == " the"
+    others = [
+        GenerationChunk("", 1),  # text held back: still one token, still plain
+        GenerationChunk("ab", 2),
+        GenerationChunk("x", 1, queue_s=0.25),
+        GenerationChunk("", 0, "stop", Usage(3, 2), stop_sequence="END"),
+        GenerationChunk("x", 1, reasoning="why"),
+    ]
+    for chunk_ in [plain, *others]:
+        wired = pickle.loads(pickle.dumps(to_wire(chunk_)))
+        assert from_wire(wired) == chunk_
+    assert [type(to_wire(c)) for c in others] == [str] + [GenerationChunk] * 4
+    stats = EngineStats(running=3, waiting=1, kv_cache_usage=0.5)
+    assert stats_from_wire(pickle.loads(pickle.dumps(stats_to_wire(stats)))) == stats
