@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+from prometheus_client import Counter, Histogram
 
 from backends.base import Backend
 from backends.types import GenerationChunk, GenerationRequest
@@ -47,7 +48,10 @@ def observe(
 ) -> AsyncIterator[GenerationChunk]:
     """Wrap ``chunks``; the clock starts now. Closing the wrapper closes ``chunks``."""
     model = backend.spec.id
-    rec = _Recorder(metrics, model, (model, backend.name), endpoint, time.perf_counter())
+    labels = (model, backend.name)
+    # The per-token series are looked up once per request, not once per token.
+    tokens, itl = metrics.generation_tokens.labels(*labels), metrics.itl.labels(*labels)
+    rec = _Recorder(metrics, model, labels, endpoint, tokens, itl, time.perf_counter())
     rec.alone = metrics.in_flight.get(model, 0) == 0
     metrics.in_flight[model] = metrics.in_flight.get(model, 0) + 1
     return _observed(rec, chunks)
@@ -88,6 +92,8 @@ class _Recorder:
     model: str
     labels: tuple[str, str]
     endpoint: str
+    tokens: Counter
+    itl: Histogram
     start: float
     alone: bool = False
     first_at: float | None = None
@@ -101,12 +107,11 @@ class _Recorder:
             self.first_at = now
             self._first(chunk, now - self.start)
         if chunk.tokens > 0:
-            m.generation_tokens.labels(*self.labels).inc(chunk.tokens)
+            self.tokens.inc(chunk.tokens)
             if self.last_token_at is not None:
                 gap = (now - self.last_token_at) / chunk.tokens
-                itl = m.itl.labels(*self.labels)
                 for _ in range(chunk.tokens):
-                    itl.observe(gap)
+                    self.itl.observe(gap)
             self.last_token_at = now
         if chunk.finish_reason is not None:
             if chunk.usage is not None:
