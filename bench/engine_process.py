@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.common import QuantserveProcess
-from bench.llama_batching import Stream, run_level, summarize
+from bench.llama_batching import Stream, combine, run_level
 
 log = logging.getLogger("bench")
 SYSTEMS = {"in-process": False, "engine process": True}
@@ -77,19 +77,13 @@ def main() -> None:
             stack.callback(server.close)
             urls[name] = server.url
         for clients in (int(c) for c in args.clients.split(",")):
-            walls: dict[str, float] = dict.fromkeys(urls, 0.0)
-            tokens: dict[str, int] = dict.fromkeys(urls, 0)
-            streams: dict[str, list[Stream]] = {name: [] for name in urls}
+            runs: dict[str, list[tuple[float, list[Stream]]]] = {name: [] for name in urls}
             order = list(urls)
             for turn in range(args.repeats):
                 for name in order if turn % 2 == 0 else order[::-1]:
                     log.info("%s: %d clients, turn %d", name, clients, turn + 1)
-                    tps, got = asyncio.run(run_level(urls[name], clients, args.tokens, args.rounds, "greedy"))
-                    n = sum(s.tokens for s in got)
-                    tokens[name] += n
-                    walls[name] += n / tps
-                    streams[name].extend(got)
-            results[clients] = {name: summarize(tokens[name] / walls[name], streams[name]) for name in urls}
+                    runs[name].append(asyncio.run(run_level(urls[name], clients, args.tokens, args.rounds, "greedy")))
+            results[clients] = {name: combine(got) for name, got in runs.items()}
     sys.stdout.write(render(results))
 
 

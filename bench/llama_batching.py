@@ -222,6 +222,22 @@ def summarize(tps: float, streams: list[Stream]) -> dict[str, float]:
     }
 
 
+def combine(runs: list[tuple[float, list[Stream]]]) -> dict[str, float]:
+    """One system's turns at one level as one row: tokens/s over all turns' tokens and time; the
+    turns' own tokens/s are kept (``turn N``) for the spread of the ratios."""
+    tokens = [sum(s.tokens for s in streams) for _, streams in runs]
+    wall = sum(n / tps for n, (tps, _) in zip(tokens, runs, strict=True) if tps)
+    row = summarize(sum(tokens) / wall if wall else 0.0, [s for _, streams in runs for s in streams])
+    row.update({f"turn {i}": tps for i, (tps, _) in enumerate(runs)})
+    return row
+
+
+def spread(ours: dict[str, float], ref: dict[str, float]) -> str:
+    """The lowest and highest ratio of one turn's tokens/s to the reference's in the same turn."""
+    ratios = [ours[k] / ref[k] for k in ours if k.startswith("turn ") and ref.get(k)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else "-"
+
+
 def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
     metrics = ("tok/s", "ttft p50", "ttft p95", "itl p50", "itl p95")
     head = f"| system | clients | {' | '.join(metrics)} | failed or empty streams |"
@@ -248,6 +264,7 @@ def render_ratios(results: dict[str, dict[str, dict[int, dict[str, float]]]]) ->
     head = ["mode", "clients", *(f"{n} tok/s (ITL p50)" for n in names)]
     for n in ours:
         head += [f"{n} / best llama-server", f"{n} / {REFERENCE}"] if len(refs) > 1 else [f"{n} / {REFERENCE}"]
+        head += ["per turn"] if REFERENCE in names else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, systems in results.items():
         for clients in systems[names[0]]:
@@ -260,6 +277,7 @@ def render_ratios(results: dict[str, dict[str, dict[int, dict[str, float]]]]) ->
                 tps = rows[n]["tok/s"]
                 ratios = [best, default] if len(refs) > 1 else [default]
                 cells += [f"{tps / ref:.2f}x" if ref else "-" for ref in ratios]
+                cells += [spread(rows[n], rows[REFERENCE])] if REFERENCE in rows else []
             lines.append("| " + " | ".join(cells) + " |")
     bad = sum(int(r["bad streams"]) for systems in results.values() for lv in systems.values() for r in lv.values())
     lines.append(f"\nfailed or empty streams: {bad}")
@@ -291,7 +309,8 @@ def main() -> None:
     parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client per level and turn")
+    parser.add_argument("--repeats", type=int, default=2, help="turns per level, systems in turn A B, B A, ...")
     parser.add_argument("--log-dir", help="keep the servers' logs here (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -304,13 +323,19 @@ def main() -> None:
         systems = start_systems(args, stack, logdir)
         if not systems:
             parser.error("no system: pass --system NAME=URL or one of the --start-* flags")
-        # Levels outermost, systems inner: background load drifting over the run hits all alike.
+        # Levels outermost, systems inner, in turns A B, B A, ...: background load drifting over
+        # the run (this machine's speed varies by 20 % from one minute to the next) hits all alike.
+        order = list(systems)
         for mode in args.modes.split(","):
             for clients in levels:
-                for name, url in systems.items():
-                    log.info("%s, %s: %d clients", name, mode, clients)
-                    tps, streams = asyncio.run(run_level(url, clients, args.tokens, args.rounds, mode))
-                    results.setdefault(mode, {}).setdefault(name, {})[clients] = summarize(tps, streams)
+                runs: dict[str, list[tuple[float, list[Stream]]]] = {name: [] for name in systems}
+                for turn in range(args.repeats):
+                    for name in order if turn % 2 == 0 else order[::-1]:
+                        log.info("%s, %s: %d clients, turn %d", name, mode, clients, turn + 1)
+                        level = run_level(systems[name], clients, args.tokens, args.rounds, mode)
+                        runs[name].append(asyncio.run(level))
+                for name, got in runs.items():
+                    results.setdefault(mode, {}).setdefault(name, {})[clients] = combine(got)
     if args.detail:
         for mode, by_system in results.items():
             sys.stdout.write(f"\n{mode}:\n{render(by_system)}")
