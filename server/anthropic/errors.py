@@ -6,10 +6,10 @@ way Anthropic's clients read it. It applies to the ``/v1/messages`` routes (``cr
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from server.http.errors import ErrorInfo, describe
+from server.http.event_json import event_json
 
 # Anthropic's error types by status; any other 5xx is its generic "api_error".
 _TYPES = {
@@ -37,4 +37,4 @@ def anthropic_shape(info: ErrorInfo) -> tuple[int, dict[str, Any]]:
 def error_event(exc: BaseException) -> dict[str, str]:
     """A failure after the 200 went out: Anthropic's ``error`` event, which its SDKs raise."""
     _, body = anthropic_shape(describe(exc))
-    return {"event": "error", "data": json.dumps(body, ensure_ascii=False)}
+    return {"event": "error", "data": event_json(body)}

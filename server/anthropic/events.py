@@ -18,6 +18,7 @@ from sse_starlette import ServerSentEvent
 
 from server.anthropic.errors import error_event
 from server.anthropic.render import MessageRenderer, delta_blocks, stop_reason, thinking_block, usage_dict
+from server.http.event_json import event_json
 from server.openai.choices import ChoiceState, Delta
 from server.openai.streaming import Generation, close_stream, merged
 
@@ -32,7 +33,7 @@ def ping_event() -> ServerSentEvent:
 
 
 def _event(name: str, body: dict[str, Any]) -> dict[str, str]:
-    return {"event": name, "data": json.dumps({"type": name, **body}, ensure_ascii=False)}
+    return {"event": name, "data": event_json({"type": name, **body})}
 
 
 # Anthropic sends a thinking block's signature last, just before the block closes.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ import anyio
 
 from backends.types import GenerationChunk
 from server.http.errors import sse_error_payload
+from server.http.event_json import event_json
 from server.openai.choices import ChoiceState, total_usage
 from server.openai.responses import ResponseRenderer
 
@@ -149,7 +149,7 @@ async def sse_events(
     """role chunks -> deltas (content, tool calls) -> finish chunks -> optional usage -> [DONE]."""
 
     def frame(body: dict[str, Any]) -> dict[str, Any]:
-        return {"data": json.dumps(body, ensure_ascii=False)}
+        return {"data": event_json(body)}
 
     stream = merged(gens)
     try:

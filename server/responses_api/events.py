@@ -11,13 +11,13 @@ event carries a ``sequence_number``. A failure after the 200 is an ``error`` eve
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from server.http.errors import describe
+from server.http.event_json import event_json
 from server.openai.choices import ChoiceState
 from server.openai.streaming import Generation, close_stream, merged
 from server.responses_api.render import (
@@ -158,7 +158,7 @@ async def response_events(
     def event(name: str, body: dict[str, Any]) -> Frame:
         nonlocal sequence
         sequence += 1
-        return {"data": json.dumps({"type": name, "sequence_number": sequence - 1, **body}, ensure_ascii=False)}
+        return {"data": event_json({"type": name, "sequence_number": sequence - 1, **body})}
 
     yield event("response.created", {"response": shape.body("in_progress", [])})
     yield event("response.in_progress", {"response": shape.body("in_progress", [])})

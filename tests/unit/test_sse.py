@@ -144,3 +144,17 @@ async def test_start_all_fails_fast_and_closes_the_other_choices() -> None:
     with pytest.raises(Overloaded):
         await asyncio.wait_for(start_all([stuck(), started(), refused()]), timeout=5)
     assert sorted(closed) == ["started", "stuck"]
+
+
+async def test_line_breaks_beyond_cr_and_lf_are_escaped_so_line_splitting_clients_keep_events_whole() -> None:
+    odd = "a\u2028b\u2029c\u0085d"
+    source = chunks(GenerationChunk(odd, tokens=1), GenerationChunk("", finish_reason="stop", usage=USAGE))
+    gen = await Generation.start(source)
+    shape = ResponseRenderer(id="c1", model="m", chat=True)
+    raw = [e["data"] async for e in sse_events([gen], [ChoiceState(0)], shape, include_usage=False)]
+    stream = "".join(f"data: {r}\n\n" for r in raw)
+    # What httpx's aiter_lines (str.splitlines) makes of the stream: every data line still whole.
+    lines = [line for line in stream.splitlines() if line]
+    assert len(lines) == len(raw)
+    bodies = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    assert bodies[1]["choices"][0]["delta"]["content"] == odd
