@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
+    """An event stream's lines, ended by CR, LF or CRLF only, as the SSE spec has them.
+
+    httpx's ``aiter_lines`` also ends a line at U+0085, U+2028 or U+2029 (``str.splitlines``),
+    which JSON carries unescaped: a sampled token holding one cut an event in two."""
+    rest = ""
+    async for text in resp.aiter_text():
+        *lines, rest = _SSE_LINE_END.split(rest + text)
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
 
 
 def free_port() -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import QuantserveProcess, free_port
+from bench.common import QuantserveProcess, free_port, sse_lines
 from toolkit.llama_tools import build_tool
 
 log = logging.getLogger("bench")
@@ -158,7 +158,7 @@ async def one_stream(
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
             resp.raise_for_status()
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp):
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 data = json.loads(line[6:])
@@ -219,6 +219,8 @@ def summarize(tps: float, streams: list[Stream]) -> dict[str, float]:
         "itl p95": pct(gaps, 0.95),
         "bad streams": float(sum(1 for s in streams if s.failed or s.tokens == 0)),
         "streams": float(len(streams)),
+        # Sampled streams may end early (EOS): fewer tokens per stream, more prefill per token.
+        "tokens/stream": sum(s.tokens for s in streams) / len(streams) if streams else 0.0,
     }
 
 
@@ -240,8 +242,8 @@ def spread(ours: dict[str, float], ref: dict[str, float]) -> str:
 
 def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
     metrics = ("tok/s", "ttft p50", "ttft p95", "itl p50", "itl p95")
-    head = f"| system | clients | {' | '.join(metrics)} | failed or empty streams |"
-    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    head = f"| system | clients | {' | '.join(metrics)} | tokens/stream | failed or empty streams |"
+    lines = [head, "|" + "---|" * (4 + len(metrics))]
     for name, levels in results.items():
         for clients, row in levels.items():
             ref = results.get(REFERENCE, {}).get(clients)
@@ -251,7 +253,7 @@ def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
                 ratio = f" ({row[m] / ref[m]:.2f}x)" if ref and ref[m] else ""
                 cells.append(f"{row[m]:.3f}{unit}{ratio}" if unit else f"{row[m]:.1f}{ratio}")
             bad = f"{row['bad streams']:.0f}/{row['streams']:.0f}"
-            lines.append(f"| {name} | {clients} | {' | '.join(cells)} | {bad} |")
+            lines.append(f"| {name} | {clients} | {' | '.join(cells)} | {row['tokens/stream']:.0f} | {bad} |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import free_port
+from bench.common import free_port, sse_lines
 from bench.soak_cases import (
     BAD,
     GOOD,
@@ -98,7 +98,7 @@ async def good_stream(client: httpx.AsyncClient, url: str, good: Good, drop_afte
     async with client.stream("POST", f"{url}{good.path}", json=good.body(stream=True), headers=AUTH) as resp:
         if resp.status_code != 200:
             raise Mismatch(f"{good.name}: status {resp.status_code}: {(await resp.aread())[:200]!r}")
-        async for line in resp.aiter_lines():
+        async for line in sse_lines(resp):
             if line.startswith("data: "):
                 events.append(line[6:])
                 if drop_after is not None and len(events) >= drop_after:
