@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -32,6 +33,22 @@ async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
             yield line
     if rest:
         yield rest
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of process ``pid`` alone, and of it with its living children
+    (quantserve's engine processes); (nan, nan) where /proc cannot tell."""
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        alone = own(pid)
+        kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+        return alone, alone + sum(own(k) for k in kids)
+    except (OSError, ValueError, IndexError):
+        return math.nan, math.nan
 
 
 def free_port() -> int:

@@ -10,7 +10,8 @@ llama-server's top_k 40 / top_p 0.95 / min_p 0.05 / temperature 0.8 chain and Op
 distribution at temperature 1 for quantserve). The table shows aggregate generated tokens/s and
 inter-chunk latency p50 of every system, and each quantserve's tokens/s as a ratio to the best
 llama-server configuration and to llama-server's default one, all measured in the same run.
-``--detail`` adds the full per-system table (TTFT and ITL p50/p95 as ratios to llama-server).
+``--detail`` adds the full per-system table (TTFT and ITL p50/p95 as ratios to llama-server, tokens
+per stream, and the CPU time per token of each system started here, with its child processes).
 
 ``--llama-server-variants default,backend-sampling`` starts llama-server twice, without and with
 ``--backend-sampling`` (the sampler chain inside the decode graph); ``--quantserve-samplers
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import QuantserveProcess, free_port, sse_lines
+from bench.common import QuantserveProcess, cpu_seconds, free_port, sse_lines
 from toolkit.llama_tools import build_tool
 
 log = logging.getLogger("bench")
@@ -59,8 +61,14 @@ REFERENCE = "llama-server"
 # ---------------------------------------------------------------- starting the systems
 
 
+@dataclass(frozen=True)
+class System:
+    url: str
+    pid: int | None = None  # started here: its CPU time is measured too
+
+
 @contextmanager
-def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[str]:
+def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[System]:
     """Run ``cmd`` until the block ends; yield once ``url``/v1/models answers."""
     log_path = logdir / f"{name}.log"
     with log_path.open("wb") as out:
@@ -78,7 +86,7 @@ def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not come up; see {log_path}")
                 time.sleep(0.3)
-            yield url
+            yield System(url, proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -87,8 +95,8 @@ def process(name: str, cmd: list[str], url: str, logdir: Path) -> Iterator[str]:
 LLAMA_SERVER_VARIANTS = {"default": (REFERENCE, []), "backend-sampling": (f"{REFERENCE} -bs", ["--backend-sampling"])}
 
 
-def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> dict[str, str]:
-    systems: dict[str, str] = {}
+def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> dict[str, System]:
+    systems: dict[str, System] = {}
     threads, ctx, par = str(args.threads), args.n_ctx, args.parallel
     if args.start_llama_server:
         binary = args.llama_server_bin or build_tool("llama-server")
@@ -123,10 +131,10 @@ def start_systems(args: argparse.Namespace, stack: ExitStack, logdir: Path) -> d
             env = {} if sampler == "auto" else {"QUANTSERVE_LLAMA_SAMPLER": sampler}
             server = QuantserveProcess(config, logdir, env=env, name=name.replace("/", "-"))
             stack.callback(server.close)
-            systems[name] = server.url
+            systems[name] = System(server.url, server.proc.pid)
     for spec in args.system:
         name, _, url = spec.partition("=")
-        systems[name] = url.rstrip("/")
+        systems[name] = System(url.rstrip("/"))
     return systems
 
 
@@ -242,8 +250,9 @@ def spread(ours: dict[str, float], ref: dict[str, float]) -> str:
 
 def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
     metrics = ("tok/s", "ttft p50", "ttft p95", "itl p50", "itl p95")
-    head = f"| system | clients | {' | '.join(metrics)} | tokens/stream | failed or empty streams |"
-    lines = [head, "|" + "---|" * (4 + len(metrics))]
+    head = f"| system | clients | {' | '.join(metrics)} | tokens/stream | CPU ms/token (server process) "
+    head += "| failed or empty streams |"
+    lines = [head, "|" + "---|" * (5 + len(metrics))]
     for name, levels in results.items():
         for clients, row in levels.items():
             ref = results.get(REFERENCE, {}).get(clients)
@@ -253,7 +262,8 @@ def render(results: dict[str, dict[int, dict[str, float]]]) -> str:
                 ratio = f" ({row[m] / ref[m]:.2f}x)" if ref and ref[m] else ""
                 cells.append(f"{row[m]:.3f}{unit}{ratio}" if unit else f"{row[m]:.1f}{ratio}")
             bad = f"{row['bad streams']:.0f}/{row['streams']:.0f}"
-            lines.append(f"| {name} | {clients} | {' | '.join(cells)} | {row['tokens/stream']:.0f} | {bad} |")
+            cpu = f"{1000 * row['cpu/token']:.2f} ({1000 * row['server cpu/token']:.2f})"
+            lines.append(f"| {name} | {clients} | {' | '.join(cells)} | {row['tokens/stream']:.0f} | {cpu} | {bad} |")
     return "\n".join(lines) + "\n"
 
 
@@ -331,13 +341,21 @@ def main() -> None:
         for mode in args.modes.split(","):
             for clients in levels:
                 runs: dict[str, list[tuple[float, list[Stream]]]] = {name: [] for name in systems}
+                cpu = {name: [0.0, 0.0] for name in systems}  # the server process, with its children
                 for turn in range(args.repeats):
                     for name in order if turn % 2 == 0 else order[::-1]:
                         log.info("%s, %s: %d clients, turn %d", name, mode, clients, turn + 1)
-                        level = run_level(systems[name], clients, args.tokens, args.rounds, mode)
+                        system = systems[name]
+                        before = cpu_seconds(system.pid) if system.pid else (math.nan, math.nan)
+                        level = run_level(system.url, clients, args.tokens, args.rounds, mode)
                         runs[name].append(asyncio.run(level))
+                        after = cpu_seconds(system.pid) if system.pid else (math.nan, math.nan)
+                        cpu[name] = [total + b - a for total, a, b in zip(cpu[name], before, after, strict=True)]
                 for name, got in runs.items():
-                    results.setdefault(mode, {}).setdefault(name, {})[clients] = combine(got)
+                    row = combine(got)
+                    tokens = sum(s.tokens for _, streams in got for s in streams)
+                    row["server cpu/token"], row["cpu/token"] = (c / tokens if tokens else math.nan for c in cpu[name])
+                    results.setdefault(mode, {}).setdefault(name, {})[clients] = row
     if args.detail:
         for mode, by_system in results.items():
             sys.stdout.write(f"\n{mode}:\n{render(by_system)}")
