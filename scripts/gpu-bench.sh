@@ -13,7 +13,8 @@
 #
 # Settings (environment): STEPS (build,test,bench), OUT_DIR (table and logs; default .gpu-bench),
 # BUILD_DIR (default ~/.cache/quantserve/llama-cuda-build), CUDA_ARCH (90: Hopper), PYTHON,
-# MODEL (default GGUF), CLIENTS, PARALLEL, GPU_LAYERS, TOKENS, ROUNDS, SAMPLERS (numpy,backend),
+# MODEL (default GGUF), CLIENTS, PARALLEL, GPU_LAYERS, TOKENS, ROUNDS, REPEATS (turns of the systems
+# at each level, A B then B A: 2), SAMPLERS (numpy,backend),
 # MODES (greedy,sampled).
 # quantserve's Python dependencies must be importable by PYTHON (a venv, or wheels on PYTHONPATH).
 set -euo pipefail
@@ -30,6 +31,7 @@ PARALLEL=${PARALLEL:-64}
 GPU_LAYERS=${GPU_LAYERS:-99}
 TOKENS=${TOKENS:-128}
 ROUNDS=${ROUNDS:-2}
+REPEATS=${REPEATS:-2}
 SAMPLERS=${SAMPLERS:-numpy,backend}
 MODES=${MODES:-greedy,sampled}
 SRC=$BUILD_DIR/sdist
@@ -89,6 +91,7 @@ if has_step bench; then
         --llama-server-bin "$BUILD_DIR/build/bin/llama-server" --llama-server-variants default,backend-sampling \
         --quantserve-samplers "$SAMPLERS" --gpu-layers "$GPU_LAYERS" --model "$MODEL" \
         --threads "$(( JOBS < 8 ? JOBS : 8 ))" --parallel "$PARALLEL" --n-ctx 4096 --n-batch 2048 \
-        --clients "$CLIENTS" --modes "$MODES" --tokens "$TOKENS" --rounds "$ROUNDS" --log-dir "$OUT_DIR/logs" \
+        --clients "$CLIENTS" --modes "$MODES" --tokens "$TOKENS" --rounds "$ROUNDS" --repeats "$REPEATS" \
+        --log-dir "$OUT_DIR/logs" \
         2>"$OUT_DIR/bench.log" | tee "$OUT_DIR/table.md"
 fi
