@@ -35,14 +35,16 @@ async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
         yield rest
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
     """CPU time (user + system) of process ``pid`` alone, and of it with its living children
-    (quantserve's engine processes); (nan, nan) where /proc cannot tell."""
+    (quantserve's engine processes); (nan, nan) for no process or where /proc cannot tell."""
 
     def own(p: int) -> float:
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    if pid is None:
+        return math.nan, math.nan
     try:
         alone = own(pid)
         kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]

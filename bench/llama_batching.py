@@ -346,11 +346,10 @@ def main() -> None:
                     for name in order if turn % 2 == 0 else order[::-1]:
                         log.info("%s, %s: %d clients, turn %d", name, mode, clients, turn + 1)
                         system = systems[name]
-                        before = cpu_seconds(system.pid) if system.pid else (math.nan, math.nan)
-                        level = run_level(system.url, clients, args.tokens, args.rounds, mode)
-                        runs[name].append(asyncio.run(level))
-                        after = cpu_seconds(system.pid) if system.pid else (math.nan, math.nan)
-                        cpu[name] = [total + b - a for total, a, b in zip(cpu[name], before, after, strict=True)]
+                        before = cpu_seconds(system.pid)
+                        runs[name].append(asyncio.run(run_level(system.url, clients, args.tokens, args.rounds, mode)))
+                        used = [b - a for a, b in zip(before, cpu_seconds(system.pid), strict=True)]
+                        cpu[name] = [total + u for total, u in zip(cpu[name], used, strict=True)]
                 for name, got in runs.items():
                     row = combine(got)
                     tokens = sum(s.tokens for _, streams in got for s in streams)
