@@ -47,6 +47,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     # None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives.
     logprobs: int | None = None
+    # Never end on an end-of-generation token: run to max_tokens, a stop string or a full context
+    # (llama-server's and vLLM's ``ignore_eos``, which benchmarks send for equal-length outputs).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ passes over the sampled rows; top_k / top_p / min_p work on the few tokens they 
 Truncation follows llama.cpp's chain order exactly (top_k, then top_p and min_p on the raw
 logits, then temperature), so a request means the same as with the native chain. Each request
 draws from its own seeded ``numpy.random.Generator``: one uniform per token, whatever else runs
-in the batch, so a seeded request is reproducible beside any neighbours.
+in the batch, so a seeded request is reproducible beside any neighbours. A request's banned
+tokens (``ignore_eos``: the end-of-generation ones) are out of its row before anything else, as
+llama-server's -inf logit bias takes them out.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ class Draw:
     top_p: float
     min_p: float
     rng: np.random.Generator
+    # Token ids this request must never get (``ignore_eos``: the end-of-generation tokens).
+    ban: np.ndarray | None = None
 
     @classmethod
-    def of(cls, p: SamplingParams, seed: int) -> Draw:
-        return cls(p.temperature, p.top_k, p.top_p, p.min_p, np.random.Generator(np.random.PCG64(seed)))
+    def of(cls, p: SamplingParams, seed: int, ban: np.ndarray | None = None) -> Draw:
+        return cls(p.temperature, p.top_k, p.top_p, p.min_p, np.random.Generator(np.random.PCG64(seed)), ban)
 
     @property
     def greedy(self) -> bool:
@@ -70,6 +74,10 @@ class BatchSampler:
             else:
                 for i in greedy:
                     out[i] = int(logits[rows[i]].argmax())
+            for i in greedy:
+                ban = draws[i].ban
+                if ban is not None and bool((ban == out[i]).any()):  # rare: only then copy the row
+                    out[i] = int(_without(logits[rows[i]], ban).argmax())
         full = [i for i, d in enumerate(draws) if not d.greedy and not d.truncated]
         if full:
             picked = self._sample_full(logits, [rows[i] for i in full], [draws[i] for i in full])
@@ -90,10 +98,15 @@ class BatchSampler:
         """
         n = len(rows)
         work = self._scratch[:n, : self._n_vocab]
-        if rows == list(range(n)):
+        bans = [(i, d.ban) for i, d in enumerate(draws) if d.ban is not None]
+        if rows == list(range(n)) and not bans:
             src = logits[:n]  # every output row, in order: read llama.cpp's buffer directly
         else:
             np.take(logits, rows, axis=0, out=work)
+            for i, ban in bans:
+                # Before the peak is taken: a banned token far above the rest must not push every
+                # allowed weight below float32's range (a low temperature does that at a gap of ~9).
+                work[i, ban] = -np.inf
             src = work
         peak = src.max(axis=1, keepdims=True)
         np.subtract(src, peak, out=work)
@@ -123,6 +136,8 @@ class BatchSampler:
 
 def _sample_truncated(row: np.ndarray, d: Draw) -> int:
     """top_k, then top_p, then min_p (all on the raw logits, as llama.cpp chains them), then T."""
+    if d.ban is not None:
+        row = _without(row, d.ban)
     peak = float(row.max())
     pool = kept_tokens(row, d, peak)
     weights = np.exp((row[pool].astype(np.float64) - peak) / d.temperature)
@@ -180,6 +195,13 @@ def _within(row: np.ndarray, peak: float, enough: Callable[[np.ndarray], bool]) 
             return np.flatnonzero(keep)
         delta *= 2.0
     return np.arange(row.shape[0])
+
+
+def _without(row: np.ndarray, ban: np.ndarray) -> np.ndarray:
+    """A copy of ``row`` in which the banned tokens can never win or be drawn."""
+    out = row.copy()
+    out[ban] = -np.inf
+    return out
 
 
 def _sorted_desc(row: np.ndarray, pool: np.ndarray) -> np.ndarray:

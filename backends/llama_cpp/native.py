@@ -110,6 +110,7 @@ class NativeModel:
         for i in range(cfg.n_batch):
             n_seq_id[i] = 1
         self._pieces: dict[int, tuple[bytes, bool]] = {}
+        self._eog: np.ndarray | None = None
         self._piece_buf = ctypes.create_string_buffer(256)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -162,6 +163,16 @@ class NativeModel:
             hit = (data, bool(lc.llama_vocab_is_eog(self.vocab, token)))
             self._pieces[token] = hit
         return hit
+
+    def eog_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (ChatML's <|im_end|>, <|endoftext|>, ...), sorted.
+
+        Found once, on first use: ~20 ms over a 49k vocabulary, paid by the first request that
+        bans them rather than by every start-up."""
+        if self._eog is None:
+            is_eog = lc.llama_vocab_is_eog
+            self._eog = np.array([t for t in range(self.n_vocab) if is_eog(self.vocab, t)], dtype=np.intp)
+        return self._eog
 
     def put(self, i: int, token: int, pos: int, seq_id: int, want_logits: bool) -> None:
         self.tok[i] = token

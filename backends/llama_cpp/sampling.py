@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import llama_cpp as lc
@@ -45,19 +45,29 @@ def needs_native(p: SamplingParams, grammar: gr.Grammar | None) -> bool:
     return grammar is not None or bool(p.logit_bias) or _has_penalties(p)
 
 
-def build_chain(p: SamplingParams, *, vocab: Any, n_vocab: int, seed: int, grammar: gr.Grammar | None = None) -> Any:
+def build_chain(
+    p: SamplingParams,
+    *,
+    vocab: Any,
+    n_vocab: int,
+    seed: int,
+    grammar: gr.Grammar | None = None,
+    ban: Sequence[int] = (),
+) -> Any:
     """A sampler chain in llama.cpp's usual order; neutral stages are left out so they cost nothing.
 
-    Logit bias and the grammar come first, so every later stage (and greedy) only ever sees
+    Logit bias (the client's, and -inf for each ``ban`` token, as llama-server does for
+    ``ignore_eos``) and the grammar come first, so every later stage (and greedy) only ever sees
     tokens the client allows. The caller owns the result and frees it with ``free_chain``.
     """
     chain_params = lc.llama_sampler_chain_default_params()
     chain_params.no_perf = True
     chain = lc.llama_sampler_chain_init(chain_params)
     stages: list[Any] = []
-    if p.logit_bias:
-        biases = (lc.llama_logit_bias * len(p.logit_bias))(*(lc.llama_logit_bias(t, b) for t, b in p.logit_bias))
-        stages.append(lc.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases))
+    pairs = [*p.logit_bias, *((t, -math.inf) for t in ban)]
+    if pairs:
+        biases = (lc.llama_logit_bias * len(pairs))(*(lc.llama_logit_bias(t, b) for t, b in pairs))
+        stages.append(lc.llama_sampler_init_logit_bias(n_vocab, len(pairs), biases))
     if grammar is not None:
         stages.append(gr.sampler(grammar, vocab))
     if _has_penalties(p):

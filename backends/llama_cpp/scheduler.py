@@ -161,12 +161,19 @@ class Scheduler:
         p = req.sampling
         seed = smp.request_seed(p)
         native = self._route == "native" or smp.needs_native(p, req.grammar)
+        # A grammar decides where constrained output ends: banning its end would leave it nothing.
+        ban = self._native.eog_tokens() if p.ignore_eos and req.grammar is None else None
         # logprobs report the raw distribution, which backend sampling does not copy back. Greedy
         # stays an argmax over the logits view: cheaper than one argmax node per sequence in the graph.
         on_backend = self._route == "backend" and p.logprobs is None and p.temperature > 0.0
         if native or on_backend:
             chain = smp.build_chain(
-                p, vocab=self._native.vocab, n_vocab=self._native.n_vocab, seed=seed, grammar=req.grammar
+                p,
+                vocab=self._native.vocab,
+                n_vocab=self._native.n_vocab,
+                seed=seed,
+                grammar=req.grammar,
+                ban=() if ban is None else ban.tolist(),
             )
             if native:
                 smp.prime_penalties(chain, p, req.prompt)
@@ -174,7 +181,7 @@ class Scheduler:
             if self._native.set_sampler(seq_id, chain):
                 return chain, None, True
             smp.free_chain(chain)  # a stage the backend cannot run: sample it in numpy instead
-        return None, Draw.of(p, seed), False
+        return None, Draw.of(p, seed, ban), False
 
     def _fill_batch(self, active: list[Slot]) -> int:
         """Decode tokens of running sequences first, then prompt chunks in admission order."""

@@ -161,6 +161,7 @@ class _SamplingFields(StrictModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    ignore_eos: bool | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: Penalty | None = None

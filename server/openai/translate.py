@@ -101,6 +101,7 @@ def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None
         repeat_penalty=1.0 if repeat is None else repeat,
         logit_bias=_logit_bias(req),
         logprobs=logprobs,
+        ignore_eos=bool(req.ignore_eos),
     )
 
 

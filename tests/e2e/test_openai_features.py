@@ -285,6 +285,45 @@ def test_logit_bias_bans_and_forces_tokens(server: Server, make_client: MakeClie
     assert forced.choices[0].text == "!!!"
 
 
+def test_ignore_eos_runs_to_max_tokens_as_benchmarks_send_it(server: Server, make_client: MakeClient) -> None:
+    """vLLM's and llama-server's ``ignore_eos`` (benchmark clients send it for equal-length
+    outputs): the answer goes on to max_tokens, streamed or not; a JSON constraint still ends it."""
+    client = make_client(server)
+    hi: list[Any] = [{"role": "user", "content": "Say hi."}]
+    short = client.chat.completions.create(model=MODEL, messages=hi, temperature=0, max_tokens=40)
+    assert short.choices[0].finish_reason == "stop" and short.usage is not None
+    assert short.usage.completion_tokens < 40, "the premise: this answer ends by itself"
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=hi,
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    events = list(stream)
+    assert [c.choices[0].finish_reason for c in events if c.choices][-1] == "length"
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens == 40
+    text = client.completions.create(
+        model=MODEL, prompt="Hi.", temperature=0, max_tokens=30, extra_body={"ignore_eos": True}
+    )
+    assert text.choices[0].finish_reason == "length"
+    assert text.usage is not None and text.usage.completion_tokens == 30
+    as_json = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "List three colours in a JSON object."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=80,
+        extra_body={"ignore_eos": True},
+    )
+    assert as_json.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(as_json.choices[0].message.content or ""), dict)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=hi, extra_body={"ignore_eos": "sometimes"})
+    assert err.value.param == "ignore_eos"
+
+
 def _token_ids(server: Server, text: str) -> list[int]:
     resp = httpx.post(
         f"{server.base_url}/tokenize",

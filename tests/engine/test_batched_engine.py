@@ -275,3 +275,49 @@ async def test_sampling_routes_keep_greedy_tokens_and_seeds(model_path: Path, ro
         finally:
             engine.close()
     assert outputs[route] == outputs["native"]
+
+
+@pytest.mark.parametrize("route", ["numpy", "native", "backend"])
+async def test_ignore_eos_runs_every_sampling_to_max_tokens(model_path: Path, route: str) -> None:
+    """``ignore_eos`` bans the end tokens on every route: greedy goes on past the point where it
+    stopped (same text up to there), and so do full, low-temperature and truncated sampling,
+    batched together with a request that still ends by itself."""
+    prompt = chat("Say hi.")
+    limit = 48
+    plain = SamplingParams(max_tokens=limit, temperature=0.0)
+    banned = [
+        SamplingParams(max_tokens=limit, temperature=0.0, ignore_eos=True),
+        SamplingParams(max_tokens=limit, temperature=1.0, seed=3, ignore_eos=True),
+        SamplingParams(max_tokens=limit, temperature=0.1, seed=4, ignore_eos=True),
+        SamplingParams(max_tokens=limit, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=5, ignore_eos=True),
+    ]
+    engine = BatchedEngine(
+        model_path,
+        n_ctx=256,
+        parallel=5,
+        n_batch=128,
+        n_threads=2,
+        n_gpu_layers=0,
+        flash_attn=True,
+        cache_type_k="f16",
+        cache_type_v="f16",
+        max_queue=8,
+        prefix_cache=False,
+        sampler=route,
+    )
+    try:
+        runs = await asyncio.gather(
+            collect(engine, prompt, plain, "plain"),
+            *(collect(engine, prompt, s, f"b{i}") for i, s in enumerate(banned)),
+        )
+    finally:
+        engine.close()
+    ended, *kept_going = runs
+    assert ended[-1].finish_reason == "stop" and ended[-1].usage is not None
+    assert ended[-1].usage.completion_tokens < limit, "the premise: this prompt ends by itself"
+    for chunks in kept_going:
+        check_stream_shape(chunks)
+        assert chunks[-1].finish_reason == "length"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == limit
+    assert text_of(kept_going[0]).startswith(text_of(ended))
+    assert len(text_of(kept_going[0])) > len(text_of(ended))

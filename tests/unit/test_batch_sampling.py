@@ -36,12 +36,13 @@ def expected(temperature: float, keep: list[int]) -> dict[int, float]:
     return {t: w / total for t, w in weights.items()}
 
 
-def draw_counts(params: SamplingParams, seed: int = 42) -> dict[int, int]:
+def draw_counts(params: SamplingParams, seed: int = 42, ban: list[int] | None = None) -> dict[int, int]:
     """DRAWS tokens: 8 requests side by side (different seeds), each drawing DRAWS / 8 times."""
     n_req = 8
     sampler = BatchSampler(n_req, N_VOCAB)
     logits = logits_rows(n_req)
-    draws = [Draw.of(params, seed + i) for i in range(n_req)]
+    banned = None if ban is None else np.array(ban, dtype=np.intp)
+    draws = [Draw.of(params, seed + i, banned) for i in range(n_req)]
     counts: dict[int, int] = {}
     for _ in range(DRAWS // n_req):
         for token in sampler.sample(logits, list(range(n_req)), draws):
@@ -79,6 +80,41 @@ def test_the_test_rejects_a_wrong_temperature() -> None:
     # The same draws judged against the T=1 distribution when T=0.5 was asked: must fail.
     stat = chi_square(draw_counts(SamplingParams(temperature=0.5)), expected(1.0, list(SUPPORT)))
     assert stat > CRITICAL[4]
+
+
+# A ban (ignore_eos) comes before every truncation, as llama-server's -inf logit bias does: with
+# the top token 7 banned, T=1 probabilities of the rest are 0.4547, 0.2758, 0.1673, 0.1015.
+BANNED_CASES = [
+    (SamplingParams(temperature=1.0), [100, 555, 1234, 1999]),
+    (SamplingParams(temperature=0.5), [100, 555, 1234, 1999]),
+    (SamplingParams(temperature=2.0, top_k=3), [100, 555, 1234]),
+    (SamplingParams(temperature=1.0, top_p=0.8), [100, 555, 1234]),
+    (SamplingParams(temperature=1.0, min_p=0.3), [100, 555, 1234]),  # against the new peak 1.5
+]
+
+
+@pytest.mark.parametrize(("params", "keep"), BANNED_CASES)
+def test_banned_tokens_are_never_drawn_and_the_rest_keep_their_odds(params: SamplingParams, keep: list[int]) -> None:
+    stat = chi_square(draw_counts(params, ban=[7, 1500]), expected(params.temperature, keep))
+    assert stat < CRITICAL[len(keep) - 1], f"chi-square {stat:.1f} with {len(keep) - 1} degrees of freedom"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.0), SamplingParams(temperature=0.1), SamplingParams(temperature=0.1, top_k=2)],
+)
+def test_a_banned_token_far_above_the_rest_leaves_the_rest_drawable(params: SamplingParams) -> None:
+    # The end token a model is sure of, at a low temperature: measured from the banned peak, every
+    # allowed weight would be exp(-985), zero in float32. The top allowed token has ~99% here.
+    logits = logits_rows(2)
+    logits[:, 7] = 100.0
+    ban = np.array([7], dtype=np.intp)
+    sampler = BatchSampler(2, N_VOCAB)
+    draws = [Draw.of(params, 5, ban), Draw.of(params, 6)]
+    picked = [sampler.sample(logits, [1, 0], draws) for _ in range(200)]
+    banned_row = [first for first, _ in picked]
+    assert set(banned_row) <= {100, 555} and banned_row.count(100) > 180
+    assert {second for _, second in picked} == {7}, "a neighbour without the ban keeps its own distribution"
 
 
 @pytest.mark.parametrize("tokens", [[255, 256, 511, 512], [0, 1999], [1792, 1999]])

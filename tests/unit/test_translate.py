@@ -49,6 +49,12 @@ def test_openai_defaults_when_fields_are_absent() -> None:
     )
 
 
+def test_ignore_eos_is_carried_and_off_by_default() -> None:
+    assert chat_request(chat(ignore_eos=True), "r").sampling.ignore_eos is True
+    assert chat_request(chat(), "r").sampling.ignore_eos is False
+    assert completion_requests(CompletionRequest(model="m", prompt="hi", ignore_eos=True), "r")[0].sampling.ignore_eos
+
+
 def test_negative_top_k_means_disabled() -> None:
     assert chat_request(chat(top_k=-1), "r").sampling.top_k == 0
 

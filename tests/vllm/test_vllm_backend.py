@@ -136,6 +136,16 @@ async def test_max_tokens_gives_exactly_n_tokens_and_length(backend: VllmBackend
     assert sum(c.tokens for c in chunks) == 7
 
 
+async def test_ignore_eos_goes_on_to_max_tokens(backend: VllmBackend) -> None:
+    ended = await collect(backend, chat("Say hi.", SamplingParams(max_tokens=40, temperature=0.0)))
+    assert ended[-1].finish_reason == "stop" and ended[-1].usage is not None
+    assert ended[-1].usage.completion_tokens < 40, "the premise: this answer ends by itself"
+    kept = await collect(backend, chat("Say hi.", SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)))
+    assert_well_formed(kept)
+    assert kept[-1].finish_reason == "length"
+    assert kept[-1].usage is not None and kept[-1].usage.completion_tokens == 40
+
+
 async def test_stop_string_cuts_the_text(backend: VllmBackend) -> None:
     full = text_of(await collect(backend, chat(CAPITAL_Q)))
     assert "Paris" in full
