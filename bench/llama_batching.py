@@ -7,7 +7,9 @@ Every system gets the same load: C concurrent clients, each streaming ``--rounds
 completions of ``--tokens`` tokens (include_usage), once per ``--modes`` entry: "greedy"
 (temperature 0) and "sampled" (no sampling field at all: each server's own default, which is
 llama-server's top_k 40 / top_p 0.95 / min_p 0.05 / temperature 0.8 chain and OpenAI's full
-distribution at temperature 1 for quantserve). The table shows aggregate generated tokens/s and
+distribution at temperature 1 for quantserve). Those distributions end at different lengths, so
+``--ignore-eos`` sends llama-server's and vLLM's ``ignore_eos``: every stream then runs to
+``--tokens``, and the sampled rows compare equal work. The table shows aggregate generated tokens/s and
 inter-chunk latency p50 of every system, and each quantserve's tokens/s as a ratio to the best
 llama-server configuration and to llama-server's default one, all measured in the same run.
 ``--detail`` adds the full per-system table (TTFT and ITL p50/p95 as ratios to llama-server, tokens
@@ -150,7 +152,13 @@ class Stream:
 
 
 async def one_stream(
-    client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int, mode: str = "greedy"
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    topic: str,
+    tokens: int,
+    mode: str = "greedy",
+    ignore_eos: bool = False,
 ) -> Stream:
     body: dict[str, object] = {
         "model": model,
@@ -161,6 +169,8 @@ async def one_stream(
     }
     if mode == "greedy":
         body["temperature"] = 0
+    if ignore_eos:
+        body["ignore_eos"] = True
     result, chunks = Stream(), 0
     start = last = time.perf_counter()
     try:
@@ -186,7 +196,9 @@ async def one_stream(
     return result
 
 
-async def run_level(url: str, clients: int, tokens: int, rounds: int, mode: str) -> tuple[float, list[Stream]]:
+async def run_level(
+    url: str, clients: int, tokens: int, rounds: int, mode: str, ignore_eos: bool = False
+) -> tuple[float, list[Stream]]:
     """``clients`` concurrent clients, ``rounds`` requests each; returns (aggregate tokens/s, streams)."""
     # A fresh connection per request: llama-server's HTTP library drops idle keep-alive
     # connections after a stream, which httpx would otherwise reuse and see fail.
@@ -197,7 +209,7 @@ async def run_level(url: str, clients: int, tokens: int, rounds: int, mode: str)
 
         async def worker(i: int) -> list[Stream]:
             topics = [TOPICS[(i + r) % len(TOPICS)] for r in range(rounds)]
-            return [await one_stream(client, url, model, topic, tokens, mode) for topic in topics]
+            return [await one_stream(client, url, model, topic, tokens, mode, ignore_eos) for topic in topics]
 
         start = time.perf_counter()
         per_client = await asyncio.gather(*(worker(i) for i in range(clients)))
@@ -321,6 +333,11 @@ def main() -> None:
     parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="send ignore_eos: every stream runs to --tokens, so sampled requests are like for like",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level and turn")
     parser.add_argument("--repeats", type=int, default=2, help="turns per level, systems in turn A B, B A, ...")
     parser.add_argument("--log-dir", help="keep the servers' logs here (default: a temporary folder)")
@@ -347,7 +364,8 @@ def main() -> None:
                         log.info("%s, %s: %d clients, turn %d", name, mode, clients, turn + 1)
                         system = systems[name]
                         before = cpu_seconds(system.pid)
-                        runs[name].append(asyncio.run(run_level(system.url, clients, args.tokens, args.rounds, mode)))
+                        level = run_level(system.url, clients, args.tokens, args.rounds, mode, args.ignore_eos)
+                        runs[name].append(asyncio.run(level))
                         used = [b - a for a, b in zip(before, cpu_seconds(system.pid), strict=True)]
                         cpu[name] = [total + u for total, u in zip(cpu[name], used, strict=True)]
                 for name, got in runs.items():

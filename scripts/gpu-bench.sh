@@ -15,7 +15,8 @@
 # BUILD_DIR (default ~/.cache/quantserve/llama-cuda-build), CUDA_ARCH (90: Hopper), PYTHON,
 # MODEL (default GGUF), CLIENTS, PARALLEL, GPU_LAYERS, TOKENS, ROUNDS, REPEATS (turns of the systems
 # at each level, A B then B A: 2), SAMPLERS (numpy,backend),
-# MODES (greedy,sampled).
+# MODES (greedy,sampled), IGNORE_EOS (1: every stream runs to TOKENS, so sampled requests, whose
+# default distributions differ between the servers, are compared on equal work; 0: they may end early).
 # quantserve's Python dependencies must be importable by PYTHON (a venv, or wheels on PYTHONPATH).
 set -euo pipefail
 
@@ -34,6 +35,7 @@ ROUNDS=${ROUNDS:-2}
 REPEATS=${REPEATS:-2}
 SAMPLERS=${SAMPLERS:-numpy,backend}
 MODES=${MODES:-greedy,sampled}
+IGNORE_EOS=${IGNORE_EOS:-1}
 SRC=$BUILD_DIR/sdist
 JOBS=$(nproc)
 
@@ -86,12 +88,14 @@ if has_step test; then
 fi
 
 if has_step bench; then
-    say "bench: clients $CLIENTS, $PARALLEL slots, $GPU_LAYERS GPU layers, samplers $SAMPLERS"
+    say "bench: clients $CLIENTS, $PARALLEL slots, $GPU_LAYERS GPU layers, samplers $SAMPLERS, ignore_eos $IGNORE_EOS"
+    eos=()
+    [[ $IGNORE_EOS == 1 ]] && eos=(--ignore-eos)
     "$PYTHON" -m bench.llama_batching --start-llama-server --start-quantserve \
         --llama-server-bin "$BUILD_DIR/build/bin/llama-server" --llama-server-variants default,backend-sampling \
         --quantserve-samplers "$SAMPLERS" --gpu-layers "$GPU_LAYERS" --model "$MODEL" \
         --threads "$(( JOBS < 8 ? JOBS : 8 ))" --parallel "$PARALLEL" --n-ctx 4096 --n-batch 2048 \
-        --clients "$CLIENTS" --modes "$MODES" --tokens "$TOKENS" --rounds "$ROUNDS" --repeats "$REPEATS" \
+        --clients "$CLIENTS" --modes "$MODES" --tokens "$TOKENS" --rounds "$ROUNDS" --repeats "$REPEATS" "${eos[@]}" \
         --log-dir "$OUT_DIR/logs" \
         2>"$OUT_DIR/bench.log" | tee "$OUT_DIR/table.md"
 fi
