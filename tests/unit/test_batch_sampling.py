@@ -76,6 +76,22 @@ def test_sampled_tokens_follow_the_truncated_distribution(params: SamplingParams
     assert stat < CRITICAL[len(keep) - 1], f"chi-square {stat:.1f} with {len(keep) - 1} degrees of freedom"
 
 
+@pytest.mark.parametrize("offset", [-100.0, 85.0, 300.0])
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_logits_far_from_zero_keep_their_distribution(offset: float, temperature: float) -> None:
+    # Softmax ignores a common offset; float32's exp does not: e^85 overflows a block's sum and
+    # e^-100 is 0, so such rows must be shifted by their peak first (and others need not be).
+    sampler = BatchSampler(4, N_VOCAB)
+    logits = logits_rows(4) + np.float32(offset)
+    draws = [Draw.of(SamplingParams(temperature=temperature), 60 + i) for i in range(4)]
+    counts: dict[int, int] = {}
+    for _ in range(DRAWS // 4):
+        for token in sampler.sample(logits, [0, 1, 2, 3], draws):
+            counts[token] = counts.get(token, 0) + 1
+    stat = chi_square(counts, expected(temperature, list(SUPPORT)))
+    assert stat < CRITICAL[4], f"chi-square {stat:.1f}"
+
+
 def test_the_test_rejects_a_wrong_temperature() -> None:
     # The same draws judged against the T=1 distribution when T=0.5 was asked: must fail.
     stat = chi_square(draw_counts(SamplingParams(temperature=0.5)), expected(1.0, list(SUPPORT)))
