@@ -21,6 +21,11 @@ import httpx
 _SSE_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
+def default_model_path() -> Path:
+    """The default GGUF where ``quantserve models prepare`` puts it."""
+    return Path.home() / ".cache" / "quantserve" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
     """An event stream's lines, ended by CR, LF or CRLF only, as the SSE spec has them.
 

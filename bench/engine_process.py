@@ -21,7 +21,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.common import QuantserveProcess
+from bench.common import QuantserveProcess, default_model_path
 from bench.llama_batching import Stream, combine, run_level
 
 log = logging.getLogger("bench")
@@ -57,8 +57,7 @@ def render(results: dict[int, dict[str, dict[str, float]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model = Path.home() / ".cache/quantserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    parser.add_argument("--model", type=Path, default=default_model)
+    parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--n-ctx", type=int, default=1024)
@@ -66,6 +65,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per turn")
     parser.add_argument("--repeats", type=int, default=2, help="A B pairs per level (run A B B A ...)")
+    parser.add_argument("--ignore-eos", action="store_true", help="every stream runs to --tokens")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -82,7 +82,8 @@ def main() -> None:
             for turn in range(args.repeats):
                 for name in order if turn % 2 == 0 else order[::-1]:
                     log.info("%s: %d clients, turn %d", name, clients, turn + 1)
-                    runs[name].append(asyncio.run(run_level(urls[name], clients, args.tokens, args.rounds, "greedy")))
+                    level = run_level(urls[name], clients, args.tokens, args.rounds, "greedy", args.ignore_eos)
+                    runs[name].append(asyncio.run(level))
             results[clients] = {name: combine(got) for name, got in runs.items()}
     sys.stdout.write(render(results))
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import QuantserveProcess, cpu_seconds, free_port, sse_lines
+from bench.common import QuantserveProcess, cpu_seconds, default_model_path, free_port, sse_lines
 from toolkit.llama_tools import build_tool
 
 log = logging.getLogger("bench")
@@ -310,8 +310,7 @@ def render_ratios(results: dict[str, dict[str, dict[int, dict[str, float]]]]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model = Path.home() / ".cache/quantserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    parser.add_argument("--model", type=Path, default=default_model)
+    parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--system", action="append", default=[], metavar="NAME=URL", help="an already running server")
     parser.add_argument("--start-llama-server", action="store_true")
     parser.add_argument("--start-quantserve", action="store_true")

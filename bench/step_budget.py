@@ -30,6 +30,7 @@ from backends.llama_cpp import sampling as smp
 from backends.llama_cpp.batch_sampling import BatchSampler, Draw
 from backends.llama_cpp.native import ContextConfig, NativeModel
 from backends.types import SamplingParams
+from bench.common import default_model_path
 
 LLAMA_SERVER_DEFAULTS = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
@@ -93,8 +94,7 @@ def measure(native: NativeModel, seqs: int, context: int, steps: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model = Path.home() / ".cache/quantserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    parser.add_argument("--model", type=Path, default=default_model)
+    parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--clients", default="1,8", help="sequences per step")
     parser.add_argument("--context", type=int, default=160, help="tokens in each sequence's KV cache")
     parser.add_argument("--steps", type=int, default=60)
