@@ -27,7 +27,9 @@ def chat(user: str) -> str:
     return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def make_engine(model_path: Path, *, parallel: int, max_queue: int = 16, prefix_cache: bool = False) -> BatchedEngine:
+def make_engine(
+    model_path: Path, *, parallel: int, max_queue: int = 16, prefix_cache: bool = False, sampler: str | None = None
+) -> BatchedEngine:
     return BatchedEngine(
         model_path,
         n_ctx=512,
@@ -40,6 +42,7 @@ def make_engine(model_path: Path, *, parallel: int, max_queue: int = 16, prefix_
         cache_type_v="f16",
         max_queue=max_queue,
         prefix_cache=prefix_cache,
+        sampler=sampler,
     )
 
 
@@ -249,20 +252,7 @@ async def test_sampling_routes_keep_greedy_tokens_and_seeds(model_path: Path, ro
     seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=77)
     outputs: dict[str, list[str]] = {}
     for name in ("native", route):
-        engine = BatchedEngine(
-            model_path,
-            n_ctx=256,
-            parallel=4,
-            n_batch=128,
-            n_threads=2,
-            n_gpu_layers=0,
-            flash_attn=True,
-            cache_type_k="f16",
-            cache_type_v="f16",
-            max_queue=8,
-            prefix_cache=False,
-            sampler=name,
-        )
+        engine = make_engine(model_path, parallel=4, max_queue=8, sampler=name)
         try:
             batch = await asyncio.gather(*(collect(engine, p, greedy, f"g{i}") for i, p in enumerate(prompts)))
             outputs[name] = [text_of(c) for c in batch]
@@ -291,20 +281,7 @@ async def test_ignore_eos_runs_every_sampling_to_max_tokens(model_path: Path, ro
         SamplingParams(max_tokens=limit, temperature=0.1, seed=4, ignore_eos=True),
         SamplingParams(max_tokens=limit, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=5, ignore_eos=True),
     ]
-    engine = BatchedEngine(
-        model_path,
-        n_ctx=256,
-        parallel=5,
-        n_batch=128,
-        n_threads=2,
-        n_gpu_layers=0,
-        flash_attn=True,
-        cache_type_k="f16",
-        cache_type_v="f16",
-        max_queue=8,
-        prefix_cache=False,
-        sampler=route,
-    )
+    engine = make_engine(model_path, parallel=5, max_queue=8, sampler=route)
     try:
         runs = await asyncio.gather(
             collect(engine, prompt, plain, "plain"),
