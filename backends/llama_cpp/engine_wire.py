@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import operator
 import pickle
 import struct
 import threading
@@ -74,9 +76,15 @@ WireItem = Item | str  # a str: a one-token chunk of plain text (see ``to_wire``
 WireStats = tuple[int, int, float | None]
 
 
+# Every chunk field but text and tokens, read in one call, and their values on a plain chunk.
+# Derived from the dataclass, so a field GenerationChunk gains is checked too.
+_REST = operator.attrgetter(*(f.name for f in dataclasses.fields(GenerationChunk) if f.name not in ("text", "tokens")))
+_PLAIN_REST = _REST(GenerationChunk())
+
+
 def to_wire(item: Item) -> WireItem:
     """A one-token chunk that carries only text crosses as that text (the common case by far)."""
-    if type(item) is GenerationChunk and item.tokens == 1 and item == GenerationChunk(item.text, 1):
+    if type(item) is GenerationChunk and item.tokens == 1 and _REST(item) == _PLAIN_REST:
         return item.text
     return item
 
