@@ -171,7 +171,9 @@ class NativeModel:
         bans them rather than by every start-up."""
         if self._eog is None:
             is_eog = lc.llama_vocab_is_eog
-            self._eog = np.array([t for t in range(self.n_vocab) if is_eog(self.vocab, t)], dtype=np.intp)
+            eog = np.array([t for t in range(self.n_vocab) if is_eog(self.vocab, t)], dtype=np.intp)
+            eog.setflags(write=False)  # every request that bans them shares this one array
+            self._eog = eog
         return self._eog
 
     def put(self, i: int, token: int, pos: int, seq_id: int, want_logits: bool) -> None:
