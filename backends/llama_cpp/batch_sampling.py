@@ -16,6 +16,7 @@ llama-server's -inf logit bias takes them out.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ CDF_BLOCK = 256
 # Unshifted exp(logit / T) is used when every row's top value lies between these: the top weight
 # stays a normal float32 (e^-60) and a block's float32 sum cannot overflow (256 * e^80 < 3.4e38).
 _EXP_LOW, _EXP_HIGH = -60.0, 80.0
+# Up to this many full-distribution rows, each is drawn on its own (see BatchSampler._draw_each).
+FEW_ROWS = 2
 
 
 @dataclass(slots=True)
@@ -137,21 +140,43 @@ class BatchSampler:
         # a 0 column, so cdf[:, b] is the weight before block b.
         cdf = self._block_cdf[:n]
         np.cumsum(np.einsum("rbt->rb", blocks), axis=1, dtype=np.float64, out=cdf[:, 1:])
+        # The first block, then the first token in it, whose cumulative weight exceeds u
+        # (searchsorted's side="right"), so zero-weight tokens are never chosen. Both ways below
+        # do the same arithmetic, so a row gets the same token alone or in a crowd.
+        if n <= FEW_ROWS:
+            return self._draw_each(blocks, cdf, draws)
+        return self._draw_together(blocks, cdf, draws)
+
+    def _draw_each(self, blocks: np.ndarray, cdf: np.ndarray, draws: Sequence[Draw]) -> list[int]:
+        """Row by row with bisect on plain lists: for one or two rows, fewer array calls than
+        ``_draw_together``, each of which runs on caches the decode has just evicted."""
+        out = []
+        for i, (d, row) in enumerate(zip(draws, cdf.tolist(), strict=True)):
+            u = d.rng.random() * row[-1]
+            b = min(bisect.bisect_right(row, u, 1) - 1, self._blocks - 1)
+            local = np.cumsum(blocks[i, b], dtype=np.float64)
+            local += row[b]
+            out.append(self._token(blocks[i, b], b, bisect.bisect_right(local.tolist(), u)))
+        return out
+
+    def _draw_together(self, blocks: np.ndarray, cdf: np.ndarray, draws: Sequence[Draw]) -> list[int]:
+        """Every row in the same few array operations."""
+        n = len(draws)
         u = np.array([d.rng.random() for d in draws]) * cdf[:, -1]
-        # Every row at once: the first block, then the first token in it, whose cumulative weight
-        # exceeds u (searchsorted's side="right"), so zero-weight tokens are never chosen.
         b = np.minimum(np.count_nonzero(cdf[:, 1:] <= u[:, None], axis=1), self._blocks - 1)
         each = np.arange(n)
         chosen = blocks[each, b]
         local = np.cumsum(chosen, axis=1, dtype=np.float64)
         local += cdf[each, b][:, None]
         j = np.count_nonzero(local <= u[:, None], axis=1)
-        out = []
-        for i, (block, at) in enumerate(zip(b.tolist(), j.tolist(), strict=True)):
-            if at >= CDF_BLOCK:  # summed in another order, the block fell a rounding short of u
-                at = int(np.flatnonzero(chosen[i])[-1])
-            out.append(block * CDF_BLOCK + at)
-        return out
+        picks = zip(b.tolist(), j.tolist(), strict=True)
+        return [self._token(chosen[i], block, at) for i, (block, at) in enumerate(picks)]
+
+    @staticmethod
+    def _token(weights: np.ndarray, block: int, at: int) -> int:
+        if at >= CDF_BLOCK:  # summed in another order, the block fell a rounding short of u
+            at = int(np.flatnonzero(weights)[-1])
+        return block * CDF_BLOCK + at
 
 
 def _sample_truncated(row: np.ndarray, d: Draw) -> int:

@@ -211,6 +211,24 @@ def test_a_seed_gives_the_same_tokens_whatever_the_neighbours() -> None:
     assert len(set(a)) > 1, "a sampled stream should not be constant"
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_a_row_draws_the_same_token_alone_as_in_a_crowd(temperature: float) -> None:
+    # One or two full-distribution rows are drawn row by row, more in one set of array calls:
+    # a request's tokens must not depend on which way its step took. Flat random rows put the
+    # draws all over the vocabulary, so block and token boundaries are crossed many times.
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((8, N_VOCAB)).astype(np.float32)
+    params = SamplingParams(temperature=temperature)
+    alone = [BatchSampler(1, N_VOCAB) for _ in range(8)]
+    crowd = BatchSampler(8, N_VOCAB)
+    d_alone = [Draw.of(params, 900 + i) for i in range(8)]
+    d_crowd = [Draw.of(params, 900 + i) for i in range(8)]
+    for _ in range(100):
+        together = crowd.sample(logits, list(range(8)), d_crowd)
+        assert together == [alone[i].sample(logits, [i], [d_alone[i]])[0] for i in range(8)]
+    assert len(set(together)) > 1
+
+
 @pytest.mark.parametrize(
     ("option", "env", "n_gpu_layers", "route"),
     [
