@@ -27,9 +27,10 @@ from backends.types import SamplingParams
 
 # Vocabulary entries per partial sum of a full-distribution draw's CDF (see _sample_full).
 CDF_BLOCK = 256
-# Unshifted exp(logit / T) is used when every row's top value lies between these: the top weight
-# stays a normal float32 (e^-60) and a block's float32 sum cannot overflow (256 * e^80 < 3.4e38).
-_EXP_LOW, _EXP_HIGH = -60.0, 80.0
+# Unshifted exp(logit / T) is kept when every row's total weight is finite (no exp or block sum
+# overflowed float32) and at least this: then the top weight is above e^-51, so weights down to 36
+# below it are normal float32s, and what underflows is under 49,152 * e^-36 (1e-11) of the mass.
+_TOTAL_LOW = math.exp(-40.0)
 # Up to this many full-distribution rows, each is drawn on its own (see BatchSampler._draw_each).
 FEW_ROWS = 2
 
@@ -101,51 +102,50 @@ class BatchSampler:
         The CDF is never built whole: a running sum over 49k entries is a serial loop in numpy
         (1.3 ms for 8 rows, most of this function, against 0.2 ms for the exp). Block sums are a
         vectorised reduction; each draw picks its block from their running sum, then its token from
-        the running sum of that one block, every row in the same few array operations.
+        the running sum of that one block.
         """
         n = len(rows)
         work = self._scratch[:n, : self._n_vocab]
-        bans = [(i, d.ban) for i, d in enumerate(draws) if d.ban is not None]
-        if rows == list(range(n)) and not bans:
-            src = logits[:n]  # every output row, in order: read llama.cpp's buffer directly
-        else:
-            np.take(logits, rows, axis=0, out=work)
-            for i, ban in bans:
-                # Before the peak is taken: a banned token far above the rest must not push every
-                # allowed weight below float32's range (a low temperature does that at a gap of ~9).
-                work[i, ban] = -np.inf
-            src = work
         # OpenAI's default temperature is 1: then no scaling pass at all.
         scale = None
         if any(d.temperature != 1.0 for d in draws):
             scale = np.array([1.0 / d.temperature for d in draws], dtype=np.float32)[:, None]
-        peak = src.max(axis=1, keepdims=True)
-        top = peak if scale is None else peak * scale
-        if float(top.min()) > _EXP_LOW and float(top.max()) < _EXP_HIGH:
-            # The weights need no shift by the peak to stay in float32's range: one pass fewer.
-            # (Any common factor cancels in the draw; only float32's range must hold.)
-            if scale is None:
-                np.exp(src, out=work)
-            else:
-                np.multiply(src, scale, out=work)
-                np.exp(work, out=work)
-        else:
-            np.subtract(src, peak, out=work)
-            if scale is not None:
-                work *= scale
-            np.exp(work, out=work)
-        blocks = self._scratch[:n].reshape(n, self._blocks, CDF_BLOCK)
-        # Block sums in float32 (a float64 accumulator makes this pass 3x slower; einsum's
-        # vectorised loop is 3x faster than sum(axis=2) here), their running sum in float64 after
-        # a 0 column, so cdf[:, b] is the weight before block b.
+        # exp(logit / T) unshifted first: any common factor cancels in the draw, and real logits
+        # keep float32's range, so the pass that finds each row's peak is only needed when not.
         cdf = self._block_cdf[:n]
-        np.cumsum(np.einsum("rbt->rb", blocks), axis=1, dtype=np.float64, out=cdf[:, 1:])
+        with np.errstate(over="ignore"):  # an overflow is caught below, by its total, and redone
+            _exp(self._rows(logits, rows, draws, work), work, scale)
+            blocks = self._block_sums(n, cdf)
+        totals = cdf[:, -1].tolist()
+        if not (min(totals) >= _TOTAL_LOW and max(totals) < math.inf):
+            src = self._rows(logits, rows, draws, work)  # again: the exp may have overwritten them
+            _exp(src, work, scale, peak=src.max(axis=1, keepdims=True))
+            blocks = self._block_sums(n, cdf)
         # The first block, then the first token in it, whose cumulative weight exceeds u
         # (searchsorted's side="right"), so zero-weight tokens are never chosen. Both ways below
         # do the same arithmetic, so a row gets the same token alone or in a crowd.
         if n <= FEW_ROWS:
             return self._draw_each(blocks, cdf, draws)
         return self._draw_together(blocks, cdf, draws)
+
+    def _rows(self, logits: np.ndarray, rows: list[int], draws: list[Draw], work: np.ndarray) -> np.ndarray:
+        """The rows to sample, their banned tokens at -inf (so they weigh nothing, whatever the peak)."""
+        bans = [(i, d.ban) for i, d in enumerate(draws) if d.ban is not None]
+        if rows == list(range(len(rows))) and not bans:
+            return logits[: len(rows)]  # every output row, in order: read llama.cpp's buffer directly
+        np.take(logits, rows, axis=0, out=work)
+        for i, ban in bans:
+            work[i, ban] = -np.inf
+        return work
+
+    def _block_sums(self, n: int, cdf: np.ndarray) -> np.ndarray:
+        """The weights as (row, block, token); ``cdf[:, b]`` becomes the weight before block b.
+
+        Block sums in float32 (a float64 accumulator makes this pass 3x slower; einsum's vectorised
+        loop is 3x faster than sum(axis=2) here), their running sum in float64 after a 0 column."""
+        blocks = self._scratch[:n].reshape(n, self._blocks, CDF_BLOCK)
+        np.cumsum(np.einsum("rbt->rb", blocks), axis=1, dtype=np.float64, out=cdf[:, 1:])
+        return blocks
 
     def _draw_each(self, blocks: np.ndarray, cdf: np.ndarray, draws: Sequence[Draw]) -> list[int]:
         """Row by row with bisect on plain lists: for one or two rows, fewer array calls than
@@ -177,6 +177,17 @@ class BatchSampler:
         if at >= CDF_BLOCK:  # summed in another order, the block fell a rounding short of u
             at = int(np.flatnonzero(weights)[-1])
         return block * CDF_BLOCK + at
+
+
+def _exp(src: np.ndarray, work: np.ndarray, scale: np.ndarray | None, peak: np.ndarray | None = None) -> None:
+    """``work = exp((src - peak) * scale)``, the shift and the scale each left out when None."""
+    if peak is not None:
+        np.subtract(src, peak, out=work)
+        src = work
+    if scale is not None:
+        np.multiply(src, scale, out=work)
+        src = work
+    np.exp(src, out=work)
 
 
 def _sample_truncated(row: np.ndarray, d: Draw) -> int:
