@@ -38,6 +38,8 @@ async def still_serves(client: httpx.AsyncClient) -> None:
         (chat_body(presence_penalty=3), "presence_penalty", "less than or equal to 2"),
         (chat_body(frequency_penalty=-3), "frequency_penalty", "greater than or equal to -2"),
         (chat_body(seed="lucky"), "seed", "valid integer"),
+        (chat_body(ignore_eos="sometimes"), "ignore_eos", "valid boolean"),
+        (chat_body(ignore_eos=[True]), "ignore_eos", "valid boolean"),
         (chat_body(stop=5), "stop", "valid string"),
         (chat_body(stream_options={"include_usage": "maybe"}, stream=True), "stream_options.include_usage", "boolean"),
         (chat_body(stop=["a"] * 17), "stop", "at most 16"),
