@@ -154,9 +154,10 @@ class BatchSampler:
         for i, (d, row) in enumerate(zip(draws, cdf.tolist(), strict=True)):
             u = d.rng.random() * row[-1]
             b = min(bisect.bisect_right(row, u, 1) - 1, self._blocks - 1)
-            local = np.cumsum(blocks[i, b], dtype=np.float64)
+            weights = blocks[i, b]
+            local = np.cumsum(weights, dtype=np.float64)
             local += row[b]
-            out.append(self._token(blocks[i, b], b, bisect.bisect_right(local.tolist(), u)))
+            out.append(self._token(weights, b, bisect.bisect_right(local.tolist(), u)))
         return out
 
     def _draw_together(self, blocks: np.ndarray, cdf: np.ndarray, draws: Sequence[Draw]) -> list[int]:
